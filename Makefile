@@ -1,0 +1,70 @@
+# ftcourse: the two commands a newcomer needs are `make book` and `make test`.
+# Both run `setup` first: a virtual environment in $(VENV) with the package and its extras,
+# and every dataset fetched into the data cache (~/.cache/ftcourse/data, or $FTCOURSE_DATA).
+
+VENV ?= .venv
+PYTHON ?= python3
+# The torch/torchvision pair that is tested (see README). Override for another platform, e.g.
+#   make setup TORCH="torch torchvision"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= book,test,lab
+PROFILE ?= cpu
+NB ?= notebooks/00_quickstart.ipynb
+
+PY := $(VENV)/bin/python
+DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)$(shell echo "$(TORCH) $(EXTRAS)" | sha256sum | cut -c1-6)
+DEPS_STAMP := $(VENV)/.ftcourse-deps-$(DEPS_HASH)
+
+# Offline by default: nothing at run time may wait for a model or dataset hub.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 FTCOURSE_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+
+.PHONY: setup test book lab run doctor lint clean help
+
+help:
+	@echo "make book    build the website (executes every notebook in the cpu profile)"
+	@echo "make test    unit tests + every notebook in the smoke profile + nbval"
+	@echo "make setup   create $(VENV), install ftcourse[$(EXTRAS)], fetch the datasets"
+	@echo "make lab     open the notebooks in JupyterLab"
+	@echo "make run NB=notebooks/00_quickstart.ipynb PROFILE=cpu   execute one notebook"
+	@echo "make doctor  check versions, device, datasets and zoo models"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(DEPS_STAMP): | $(PY)
+	$(PY) -m pip install $(TORCH)
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.ftcourse-deps-*
+	touch $@
+
+setup: $(DEPS_STAMP)
+	@# A reused environment may point at another checkout: make it use this one.
+	@$(PY) -c "import ftcourse, pathlib, sys; sys.exit(pathlib.Path(ftcourse.__file__).parent != pathlib.Path('ftcourse').resolve())" \
+		|| $(PY) -m pip install -q --no-deps -e .
+	$(VENV)/bin/ftcourse data fetch
+
+test: setup
+	$(OFFLINE) FTCOURSE_PROFILE=smoke $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+book: setup
+	rm -rf _build/html _build/jupyter_execute _build/.doctrees _build/reports
+	$(OFFLINE) FTCOURSE_PROFILE=cpu FTCOURSE_REPORT_DIR=$(CURDIR)/_build/reports \
+		$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "open _build/html/index.html"
+
+run: setup
+	$(OFFLINE) $(VENV)/bin/ftcourse run $(NB) --profile $(PROFILE) --report-dir _build/reports
+
+doctor: setup
+	$(OFFLINE) $(VENV)/bin/ftcourse doctor
+
+lab: setup
+	$(OFFLINE) $(VENV)/bin/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+lint: setup
+	$(VENV)/bin/ruff check ftcourse tests
+	$(VENV)/bin/ruff format --check ftcourse tests
+
+clean:
+	rm -rf _build

@@ -1,0 +1,166 @@
+"""The ``ftcourse`` command: ``doctor``, ``run``, ``data fetch``, ``pretrain``.
+
+* ``ftcourse doctor`` - versions, device, and whether every dataset and zoo model is there
+  (with the fix for each missing one); exit status 1 when something is missing.
+* ``ftcourse run NOTEBOOK --profile P [--report-dir D]`` - execute one notebook with papermill
+  into ``_build/executed/``.
+* ``ftcourse data fetch [NAME ...]`` - obtain datasets (what ``make setup`` runs).
+* ``ftcourse pretrain {cnn,lm}`` - rebuild a zoo model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "peft",
+    "tokenizers",
+    "numpy",
+    "matplotlib",
+    "papermill",
+    "jupyter-book",
+    "nbval",
+)
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def doctor(_: argparse.Namespace) -> int:
+    import torch
+
+    from . import data, models
+    from .profiles import resolve_device
+
+    problems = 0
+    print(f"ftcourse doctor - Python {platform.python_version()} on {platform.platform()}")
+    for dist in PACKAGES:
+        print(f"  {dist:<13} {_version(dist)}")
+    device = resolve_device()
+    print(f"  device        {device} ({torch.get_num_threads()} CPU threads)")
+    for var in ("HF_HUB_OFFLINE", "FTCOURSE_PROFILE", "FTCOURSE_DATA"):
+        print(f"  {var:<13} {os.environ.get(var, '(unset)')}")
+    print(f"datasets (cache: {data.cache_dir()})")
+    for name, info in data.REGISTRY.items():
+        try:
+            folder = data.locate(name)
+            print(f"  ok       {name:<14} {info.size_mb:5.1f} MB  {folder}")
+        except data.DataNotFoundError:
+            problems += 1
+            print(f"  MISSING  {name:<14} fix: ftcourse data fetch {name}   (or: make setup)")
+    print(f"zoo models ({models.ZOO_DIR})")
+    for name in models.ZOO:
+        try:
+            card = models.read_card(models.ZOO_DIR / name)
+            metrics = ", ".join(
+                f"{k}={v}" for k, v in card["metrics"].items() if not isinstance(v, list)
+            )
+            print(f"  ok       {name:<14} {card['num_params']:,} params; {metrics}")
+        except (FileNotFoundError, models.ChecksumError) as err:
+            problems += 1
+            fix = f"ftcourse pretrain {name.removeprefix('tiny-')}"
+            print(f"  MISSING  {name:<14} {err}\n           fix: {fix} (or reinstall ftcourse)")
+    print("all good" if problems == 0 else f"{problems} problem(s) found")
+    return 0 if problems == 0 else 1
+
+
+def run_notebook(
+    notebook: str | Path,
+    profile: str,
+    report_dir: str | Path | None = None,
+    output_dir: str | Path = "_build/executed",
+) -> Path:
+    """Execute ``notebook`` with papermill in ``profile``; return the executed copy's path."""
+    import papermill
+
+    from .profiles import PROFILES
+
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"no notebook at {notebook}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    os.environ["FTCOURSE_PROFILE"] = profile  # the kernel inherits the environment
+    if report_dir is not None:
+        os.environ["FTCOURSE_REPORT_DIR"] = str(Path(report_dir).resolve())
+    out = Path(output_dir) / f"{notebook.stem}.{profile}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(notebook),
+        str(out),
+        parameters={"PROFILE": profile},
+        kernel_name="python3",
+        cwd=str(notebook.parent),
+        progress_bar=sys.stderr.isatty(),
+    )
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    out = run_notebook(args.notebook, args.profile, args.report_dir, args.output_dir)
+    print(
+        f"executed {args.notebook} ({args.profile}) in {time.perf_counter() - start:.1f} s -> {out}"
+    )
+    return 0
+
+
+def data_fetch(args: argparse.Namespace) -> int:
+    from . import data
+
+    names = args.names or list(data.REGISTRY)
+    failed = 0
+    for name in names:
+        try:
+            print(f"{name}: {data.fetch(name)}")
+        except (data.DataNotFoundError, KeyError) as err:
+            failed += 1
+            print(f"{name}: FAILED\n{err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ftcourse", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check versions, device, datasets and zoo models")
+    p = sub.add_parser("run", help="execute a notebook with papermill")
+    p.add_argument("notebook")
+    p.add_argument("--profile", default=os.environ.get("FTCOURSE_PROFILE", "cpu"))
+    p.add_argument("--report-dir", default=None)
+    p.add_argument("--output-dir", default="_build/executed")
+    d = sub.add_parser("data", help="dataset commands")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="obtain datasets (all when none is named)")
+    f.add_argument("names", nargs="*")
+    sub.add_parser(
+        "pretrain", help="rebuild a zoo model (see: ftcourse pretrain -h)", add_help=False
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "pretrain":
+        from .pretrain import main as pretrain_main
+
+        return pretrain_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    handlers = {"doctor": doctor, "run": run, "data": data_fetch}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

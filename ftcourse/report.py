@@ -1,0 +1,134 @@
+"""Measurements a notebook makes, and the checks that tie the prose to them.
+
+Every notebook calls :func:`start` in its setup cell, :func:`record` for each number it
+measures and :func:`check` in its closing "What we measured" section. When
+``$FTCOURSE_REPORT_DIR`` is set, the metrics land in ``$FTCOURSE_REPORT_DIR/<notebook>.json``::
+
+    {"notebook": "00_quickstart", "profile": "cpu", "seconds": 95.2, "metrics": {...}}
+
+The file is rewritten after every call, so a notebook that fails half-way still leaves what it
+measured. Benchmarks and tests read these files; metric names are part of the contract.
+Introduced in chapter 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+REPORT_DIR_ENV = "FTCOURSE_REPORT_DIR"
+
+
+class ClaimFailed(AssertionError):
+    """A claim of the text does not hold for this run's measurements."""
+
+
+class _Run:
+    def __init__(self, notebook: str, profile: str) -> None:
+        self.notebook = notebook
+        self.profile = profile
+        self.started = time.perf_counter()
+        self.metrics: dict[str, Any] = {}
+        self.claims: list[tuple[str, str, bool]] = []
+
+
+_run: _Run | None = None
+
+
+def start(notebook: str, profile: str) -> None:
+    """Begin a report for ``notebook`` (its file stem, e.g. ``"00_quickstart"``)."""
+    global _run
+    if not notebook or "/" in notebook or notebook.endswith(".ipynb"):
+        raise ValueError(f"notebook must be a file stem like '00_quickstart', not {notebook!r}")
+    _run = _Run(notebook, profile)
+    _write()
+
+
+def _current() -> _Run:
+    if _run is None:
+        raise RuntimeError("call ftcourse.report.start(notebook, profile) before record()")
+    return _run
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: tensors/arrays become lists or floats; NaN is refused."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"metric value {value!r} is not finite")
+        return value
+    raise TypeError(f"cannot record a {type(value).__name__}; use numbers, strings or lists")
+
+
+def record(name: str, value: Any) -> Any:
+    """Record metric ``name`` for the current notebook and return ``value`` unchanged."""
+    run = _current()
+    run.metrics[name] = _jsonable(value)
+    _write()
+    return value
+
+
+def metrics() -> dict[str, Any]:
+    """The metrics recorded so far in this notebook run."""
+    return dict(_current().metrics)
+
+
+def check(claim: str, holds: bool, measured: str = "") -> bool:
+    """State a claim of the text beside what this run measured.
+
+    Prints ``✓``/``✗`` with the claim. In the ``cpu`` and ``gpu`` profiles a claim that does
+    not hold raises :class:`ClaimFailed`, which fails the notebook and the book build; in
+    ``smoke`` (tiny sizes, numbers mean nothing) it only prints.
+    """
+    run = _current()
+    holds = bool(holds)
+    run.claims.append((claim, measured, holds))
+    print(f"{'✓' if holds else '✗'} {claim}" + (f"  [{measured}]" if measured else ""))
+    _write()
+    if not holds and run.profile != "smoke":
+        raise ClaimFailed(f"claim does not hold in profile {run.profile!r}: {claim} ({measured})")
+    return holds
+
+
+def report_path() -> Path | None:
+    """Where the current report is written (``None`` when ``$FTCOURSE_REPORT_DIR`` is unset)."""
+    folder = os.environ.get(REPORT_DIR_ENV)
+    if not folder or _run is None:
+        return None
+    return Path(folder) / f"{_run.notebook}.json"
+
+
+def _write() -> None:
+    path = report_path()
+    if path is None:
+        return
+    run = _current()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "notebook": run.notebook,
+        "profile": run.profile,
+        "seconds": round(time.perf_counter() - run.started, 2),
+        "metrics": run.metrics,
+        "claims": [{"claim": c, "measured": m, "holds": h} for c, m, h in run.claims],
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read(path: str | Path) -> dict:
+    """Read a report file and check it has the contract's keys."""
+    payload = json.loads(Path(path).read_text())
+    missing = {"notebook", "profile", "seconds", "metrics"} - set(payload)
+    if missing:
+        raise ValueError(f"{path} is not an ftcourse report: missing {sorted(missing)}")
+    return payload

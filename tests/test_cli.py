@@ -1,0 +1,68 @@
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from ftcourse import cli, data
+
+
+def test_doctor_is_green_on_a_set_up_machine(capsys):
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "all good" in out
+    for name in list(data.REGISTRY) + ["tiny-cnn", "tiny-lm"]:
+        assert f"ok       {name}" in out
+
+
+def test_doctor_names_the_fix_for_a_missing_dataset(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FTCOURSE_DATA", str(tmp_path / "empty"))
+    fake = data.DatasetInfo(
+        "fake", "test", "CC0", 0.1, {"a": "0" * 64}, (data.InstalledDir(str(tmp_path / "nowhere")),)
+    )
+    monkeypatch.setattr(data, "REGISTRY", {"fake": fake})
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING  fake" in out and "ftcourse data fetch fake" in out
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        [sys.executable, "-m", "ftcourse.cli", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "doctor" in result.stdout and "run" in result.stdout
+
+
+def test_run_executes_a_notebook_with_the_profile(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('PROFILE = "cpu"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        params,
+        nbformat.v4.new_code_cell(
+            "from ftcourse import report\n"
+            "report.start('99_tiny', PROFILE)\n"
+            "report.record('answer', 42)"
+        ),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path = tmp_path / "99_tiny.ipynb"
+    nbformat.write(nb, path)
+    out = cli.run_notebook(path, "smoke", report_dir=tmp_path / "r", output_dir=tmp_path / "x")
+    assert out == tmp_path / "x" / "99_tiny.smoke.ipynb" and out.is_file()
+    payload = json.loads((tmp_path / "r" / "99_tiny.json").read_text())
+    assert payload["profile"] == "smoke" and payload["metrics"] == {"answer": 42}
+
+
+def test_run_refuses_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no notebook"):
+        cli.run_notebook(tmp_path / "missing.ipynb", "cpu")
+    (tmp_path / "a.ipynb").write_text("{}")
+    with pytest.raises(ValueError, match="unknown profile"):
+        cli.run_notebook(tmp_path / "a.ipynb", "tpu")

@@ -1,0 +1,125 @@
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ftcourse import data
+
+
+def test_registry_entries_are_complete():
+    assert {"fashion-mnist", "mnist-5k", "shakespeare", "wordnet"} <= set(data.REGISTRY)
+    for info in data.REGISTRY.values():
+        assert info.licence and info.size_mb > 0 and info.sources
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in info.files.values())
+        assert info.sources[0].local, "the first source must cost nothing (installed copy)"
+
+
+@pytest.mark.parametrize("name", list(data.REGISTRY))
+def test_every_dataset_is_available_and_verified(name):
+    folder = data.locate(name)
+    for fname, sha in data.REGISTRY[name].files.items():
+        assert data.sha256_file(folder / fname) == sha
+
+
+def test_fashion_mnist_shapes_and_balance():
+    x, y = data.load_fashion_mnist("test")
+    assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
+    assert np.bincount(y).tolist() == [1000] * 10
+    with pytest.raises(ValueError, match="split"):
+        data.load_fashion_mnist("validation")
+
+
+def test_mnist_5k_split_is_per_class():
+    train = data.image_task("mnist-5k", range(10), "train")
+    test = data.image_task("mnist-5k", range(10), "test")
+    assert len(train) == 4000 and len(test) == 1000
+    assert torch.bincount(test.tensors[1]).tolist() == [100] * 10
+
+
+def test_shakespeare_has_42_works():
+    works = data.load_shakespeare()
+    assert len(works) == 42 == len(data.SHAKESPEARE_WORKS)
+    assert works[data.SHAKESPEARE_WORKS.index("hamlet")].startswith("HAMLET, PRINCE OF DENMARK")
+    assert 5_000_000 < sum(map(len, works)) < 5_100_000
+
+
+def test_image_task_relabels_and_normalises():
+    task = data.image_task("fashion-mnist", [5, 9], "test", labels_per_class=7, seed=1)
+    x, y = task.tensors
+    assert x.shape == (14, 1, 28, 28)
+    assert torch.bincount(y).tolist() == [7, 7]
+    assert -1.0 <= x.min() and x.max() <= 1.0
+    again = data.image_task("fashion-mnist", [5, 9], "test", labels_per_class=7, seed=1)
+    assert torch.equal(again.tensors[0], x)
+
+
+def test_few_label_split_is_disjoint_balanced_and_seeded():
+    pool = data.image_task("fashion-mnist", [0, 1, 2], "test")
+    tr, va = data.few_label_split(pool, 5, 20, seed=0)
+    assert torch.bincount(tr.tensors[1]).tolist() == [5, 5, 5]
+    assert torch.bincount(va.tensors[1]).tolist() == [20, 20, 20]
+    flat = lambda d: {tuple(r.flatten()[::7].tolist()) for r in d.tensors[0]}  # noqa: E731
+    assert not flat(tr) & flat(va)
+    tr2, _ = data.few_label_split(pool, 5, 20, seed=0)
+    tr3, _ = data.few_label_split(pool, 5, 20, seed=1)
+    assert torch.equal(tr.tensors[0], tr2.tensors[0])
+    assert not torch.equal(tr.tensors[0], tr3.tensors[0])
+    with pytest.raises(ValueError, match="were asked for"):
+        data.few_label_split(pool, 900, 200)
+
+
+@pytest.fixture
+def fake_dataset(tmp_path, monkeypatch):
+    """A one-file dataset whose installed copy lives in tmp_path/installed."""
+    monkeypatch.setenv("FTCOURSE_DATA", str(tmp_path / "cache"))
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    (installed / "a.txt").write_text("hello\n")
+    info = data.DatasetInfo(
+        name="fake",
+        description="test",
+        licence="CC0",
+        size_mb=0.1,
+        files={"a.txt": data.sha256_file(installed / "a.txt")},
+        sources=(data.InstalledDir(str(installed)), data.Url("http://127.0.0.1:9/none")),
+    )
+    monkeypatch.setitem(data.REGISTRY, "fake", info)
+    return installed
+
+
+def test_locate_copies_an_installed_copy_into_the_cache(fake_dataset, tmp_path):
+    folder = data.locate("fake")
+    assert folder == tmp_path / "cache" / "fake"
+    assert (folder / "a.txt").read_text() == "hello\n"
+
+
+def test_corrupt_cache_is_detected_and_repaired_from_the_installed_copy(fake_dataset):
+    folder = data.locate("fake")
+    (folder / "a.txt").write_text("tampered\n")
+    assert data._verify(data.REGISTRY["fake"], folder) == [
+        f"{folder / 'a.txt'} is corrupt (sha256 mismatch; delete it and fetch again)"
+    ]
+    assert (data.locate("fake") / "a.txt").read_text() == "hello\n"
+
+
+def test_missing_dataset_names_the_fixing_command_without_network(fake_dataset):
+    (fake_dataset / "a.txt").unlink()
+    start = time.perf_counter()
+    with pytest.raises(data.DataNotFoundError, match="ftcourse data fetch fake"):
+        data.locate("fake")
+    with pytest.raises(data.DataNotFoundError, match="downloads are switched off"):
+        data.fetch("fake")  # FTCOURSE_OFFLINE=1 in the tests: the URL source is refused
+    assert time.perf_counter() - start < 5
+
+
+def test_installed_copy_with_wrong_content_is_rejected(fake_dataset):
+    (fake_dataset / "a.txt").write_text("other\n")
+    with pytest.raises(data.DataNotFoundError, match="sha256 mismatch"):
+        data.locate("fake")
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(KeyError, match="fashion-mnist"):
+        data.locate("imagenet")

@@ -1,0 +1,99 @@
+import math
+import shutil
+import time
+
+import pytest
+import torch
+
+from ftcourse import data, models
+from ftcourse.memory import count_parameters
+from ftcourse.pretrain import LM_VALIDATION_WORKS, encode_corpus, lm_loss
+from ftcourse.train import evaluate
+
+
+def test_shipped_weights_fit_the_size_budget():
+    total = sum(p.stat().st_size for p in models.ZOO_DIR.rglob("*") if p.is_file())
+    assert total <= 25 * 2**20, f"zoo is {total / 2**20:.1f} MB"
+
+
+def test_tiny_cnn_matches_its_card():
+    loaded = models.load("tiny-cnn")
+    card = loaded.card
+    assert loaded.kind == "vision"
+    assert count_parameters(loaded.model) == card["num_params"]
+    assert card["metrics"]["source_test_acc"] >= 0.88
+    # Re-measure the source-task accuracy on 1,000 test images: the card must not lie.
+    test = data.image_task("fashion-mnist", range(5), "test")
+    acc = evaluate(loaded.model, torch.utils.data.Subset(test, range(1000)))
+    assert acc == pytest.approx(card["metrics"]["source_test_acc"], abs=0.03)
+
+
+def test_new_num_classes_replaces_only_the_head():
+    base = models.load("tiny-cnn").model
+    new = models.load("tiny-cnn", num_classes=10).model
+    assert new.get_classifier().out_features == 10
+    assert torch.equal(base.conv1[0].weight, new.conv1[0].weight)
+    assert new(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_cnn_blocks_cover_every_parameter_once():
+    model = models.build_cnn(5)
+    blocks = models.cnn_blocks(model)
+    assert sum(count_parameters(b) for b in blocks) == count_parameters(model)
+
+
+def test_tiny_lm_loads_with_its_tokenizer_and_chat_template():
+    loaded = models.load("tiny-lm")
+    tok, model, card = loaded.tokenizer, loaded.model, loaded.card
+    assert loaded.kind == "lm"
+    assert count_parameters(model) == card["num_params"]
+    assert 1e6 <= card["num_params"] <= 5e6
+    text = "To be, or not to be: 1603."
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert len(tok("2024")["input_ids"]) == 4  # digits are single tokens
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == "<|user|>Hi<|end|><|assistant|>"
+    assert card["metrics"]["val_loss"] < card["metrics"]["val_loss_random_init"] - 2
+
+
+def test_tiny_lm_card_loss_is_reproducible():
+    loaded = models.load("tiny-lm")
+    works = dict(zip(data.SHAKESPEARE_WORKS, data.load_shakespeare(), strict=True))
+    tokens = encode_corpus(loaded.tokenizer, [works[w] for w in LM_VALIDATION_WORKS])
+    loss = lm_loss(loaded.model, tokens)
+    assert loss == pytest.approx(loaded.card["metrics"]["val_loss"], abs=2e-3)
+    assert math.exp(loss) == pytest.approx(loaded.card["metrics"]["val_perplexity"], rel=0.01)
+
+
+def test_corrupt_weights_name_the_file(tmp_path):
+    folder = tmp_path / "tiny-cnn"
+    shutil.copytree(models.ZOO_DIR / "tiny-cnn", folder)
+    raw = bytearray((folder / "model.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(models.ChecksumError, match=r"model\.safetensors is corrupt"):
+        models.load(folder)
+
+
+def test_local_folder_loads_like_the_zoo_name(tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(models.ZOO_DIR / "tiny-cnn", folder)
+    a, b = models.load("tiny-cnn").model, models.load(str(folder)).model
+    x = torch.randn(3, 1, 28, 28)
+    a.eval(), b.eval()
+    assert torch.equal(a(x), b(x))
+
+
+def test_unknown_name_lists_the_zoo():
+    with pytest.raises(KeyError, match="tiny-cnn, tiny-lm"):
+        models.load("resnet-huge")
+
+
+@pytest.mark.parametrize("hub_id", ["HuggingFaceTB/SmolLM2-135M", "timm/resnet18.a1_in1k"])
+def test_hub_id_without_network_fails_fast_and_says_why(hub_id):
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="not reachable"):
+        models.load(hub_id)
+    assert time.perf_counter() - start < 10

@@ -1,0 +1,64 @@
+"""Every notebook in notebooks/: stored clean, follows the contract, runs in the smoke profile.
+
+Notebooks are discovered, so a new chapter is covered without editing this file. EXPECTED lists
+the metrics a chapter promises (its issue names them) and their valid ranges.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ftcourse import report
+from ftcourse.cli import run_notebook
+from ftcourse.profiles import PROFILES
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+UNIT = (0.0, 1.0)
+EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
+    "00_quickstart": {"finetune_acc": UNIT, "scratch_acc": UNIT, "num_seeds": (1, 100)},
+}
+
+
+def _ids(paths):
+    return [p.stem for p in paths]
+
+
+def test_notebooks_exist():
+    assert NOTEBOOKS, "no notebooks found"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_follows_the_contract(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip the outputs"
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# ")
+    assert "Runtime" in first.source and "learn" in first.source.lower()
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged 'parameters'"
+    assert 'os.environ.get("FTCOURSE_PROFILE", "cpu")' in params[0].source
+    assert any(c.cell_type == "markdown" and "## What we measured" in c.source for c in nb.cells)
+    assert f'report.start("{path.stem}"' in "".join(c.source for c in code)
+    assert any(":::{solution}" in c.source for c in nb.cells), "exercises with solutions"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_runs_in_smoke_profile(path, tmp_path):
+    run_notebook(path, "smoke", report_dir=tmp_path, output_dir=tmp_path / "executed")
+    payload = report.read(tmp_path / f"{path.stem}.json")
+    assert payload["profile"] == "smoke" and payload["notebook"] == path.stem
+    assert payload["metrics"], "the notebook recorded no metrics"
+    assert payload["seconds"] <= PROFILES["smoke"].budget_seconds, payload["seconds"]
+    for name, value in payload["metrics"].items():
+        for v in value if isinstance(value, list) else [value]:
+            assert not isinstance(v, float) or math.isfinite(v), name
+    for name, (low, high) in EXPECTED.get(path.stem, {}).items():
+        assert name in payload["metrics"], f"missing metric {name}"
+        assert low <= payload["metrics"][name] <= high, (name, payload["metrics"][name])
+    assert payload["claims"], "the 'What we measured' section checks no claim"

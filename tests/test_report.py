@@ -1,0 +1,67 @@
+import json
+import math
+
+import pytest
+
+from ftcourse import report
+
+
+def test_record_writes_the_contract_format(report_dir):
+    report.start("99_example", "cpu")
+    assert report.record("acc", 0.75) == 0.75
+    report.record("accs", [0.5, 1.0])
+    report.check("acc is above a half", True, "0.75")
+    payload = report.read(report_dir / "99_example.json")
+    assert payload["notebook"] == "99_example"
+    assert payload["profile"] == "cpu"
+    assert payload["seconds"] >= 0
+    assert payload["metrics"] == {"acc": 0.75, "accs": [0.5, 1.0]}
+    assert payload["claims"] == [
+        {"claim": "acc is above a half", "measured": "0.75", "holds": True}
+    ]
+
+
+def test_tensors_and_arrays_become_plain_json(report_dir):
+    import numpy as np
+    import torch
+
+    report.start("99_example", "smoke")
+    report.record("t", torch.tensor([1.5, 2.5]))
+    report.record("n", np.float64(0.25))
+    data = json.loads((report_dir / "99_example.json").read_text())
+    assert data["metrics"] == {"t": [1.5, 2.5], "n": 0.25}
+
+
+def test_bad_values_and_names_are_refused(report_dir):
+    with pytest.raises(ValueError, match="file stem"):
+        report.start("notebooks/00_quickstart.ipynb", "cpu")
+    report.start("99_example", "cpu")
+    with pytest.raises(ValueError, match="not finite"):
+        report.record("x", math.nan)
+    with pytest.raises(TypeError, match="cannot record"):
+        report.record("x", object())
+
+
+def test_failed_claim_raises_except_in_smoke(report_dir, capsys):
+    report.start("99_example", "smoke")
+    assert report.check("never true", False, "0 vs 1") is False
+    assert "✗ never true" in capsys.readouterr().out
+    report.start("99_example", "cpu")
+    with pytest.raises(report.ClaimFailed, match="never true"):
+        report.check("never true", False)
+    assert report.read(report_dir / "99_example.json")["claims"][0]["holds"] is False
+
+
+def test_without_report_dir_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.delenv("FTCOURSE_REPORT_DIR", raising=False)
+    report.start("99_example", "cpu")
+    report.record("a", 1)
+    assert report.report_path() is None
+    assert report.metrics() == {"a": 1}
+
+
+def test_read_rejects_other_json(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{"metrics": {}}')
+    with pytest.raises(ValueError, match="missing"):
+        report.read(path)
