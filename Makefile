@@ -17,6 +17,8 @@ DEPS_STAMP := $(VENV)/.ftcourse-deps-$(DEPS_HASH)
 
 # Offline by default: nothing at run time may wait for a model or dataset hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 FTCOURSE_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+# Executed notebooks (tests, book, `make run`) store no progress bars.
+BATCH := $(OFFLINE) FTCOURSE_PROGRESS=0
 
 .PHONY: setup test book lab run doctor lint clean help
 
@@ -45,16 +47,16 @@ setup: $(DEPS_STAMP)
 	$(VENV)/bin/ftcourse data fetch
 
 test: setup
-	$(OFFLINE) FTCOURSE_PROFILE=smoke $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	$(BATCH) FTCOURSE_PROFILE=smoke $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 book: setup
-	rm -rf _build/html _build/jupyter_execute _build/.doctrees _build/reports
-	$(OFFLINE) FTCOURSE_PROFILE=cpu FTCOURSE_REPORT_DIR=$(CURDIR)/_build/reports \
+	rm -rf _build/html _build/jupyter_execute _build/.doctrees
+	$(BATCH) FTCOURSE_PROFILE=cpu FTCOURSE_REPORT_DIR=$(CURDIR)/_build/reports \
 		$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "open _build/html/index.html"
 
 run: setup
-	$(OFFLINE) $(VENV)/bin/ftcourse run $(NB) --profile $(PROFILE) --report-dir _build/reports
+	$(BATCH) $(VENV)/bin/ftcourse run $(NB) --profile $(PROFILE) --report-dir _build/reports
 
 doctor: setup
 	$(OFFLINE) $(VENV)/bin/ftcourse doctor

@@ -7,6 +7,7 @@ Modules (imported on demand, so ``import ftcourse`` stays cheap):
 * :mod:`ftcourse.models` - the model zoo and :func:`ftcourse.models.load`
 * :mod:`ftcourse.pretrain` - the recipes that make the zoo's models
 * :mod:`ftcourse.train` - the training / evaluation loop
+* :mod:`ftcourse.methods` - partial fine-tuning: freezing, BitFit, sparse masks (chapter 3)
 * :mod:`ftcourse.report` - recorded measurements and claim checks
 * :mod:`ftcourse.plots` - the book's plot types
 * :mod:`ftcourse.memory` - parameter counts and memory figures

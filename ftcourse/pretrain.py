@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import data
 from .models import ZOO_DIR, build_cnn, build_lm, write_card
 from .profiles import seed_everything
-from .train import evaluate, fit
+from .train import evaluate, fit, show_progress
 
 # --------------------------------------------------------------------------- tiny-cnn
 
@@ -212,7 +212,7 @@ def train_lm(
         lm_batches(tokens, num_steps, batch_size, context, generator),
         total=num_steps,
         desc=label,
-        disable=progress is False,
+        disable=not show_progress(progress),
         leave=False,
     )
     for batch in bar:

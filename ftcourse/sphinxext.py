@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-MATHJAX_PARTS = ("tex-chtml.js", "input", "output/chtml", "output/common", "ui", "a11y", "adaptors")
+MATHJAX_PARTS = ("tex-chtml.js", "input", "output/chtml", "ui", "a11y", "adaptors")
 
 
 def mathjax_source() -> Path:

@@ -8,6 +8,7 @@ parameter-efficient methods (chapters 4-5) rely on. Introduced in chapter 0.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,6 +17,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+PROGRESS_ENV = "FTCOURSE_PROGRESS"
+
+
+def show_progress(progress: bool | str = True) -> bool:
+    """Whether to draw a progress bar: ``progress`` unless ``$FTCOURSE_PROGRESS`` is ``0``.
+
+    The book build and the tests set ``FTCOURSE_PROGRESS=0`` so that executed notebooks do
+    not store hundreds of progress-bar lines.
+    """
+    return progress is not False and os.environ.get(PROGRESS_ENV) != "0"
 
 
 @dataclass
@@ -96,7 +108,9 @@ def fit(
     history = History()
     start = time.perf_counter()
     label = progress if isinstance(progress, str) else "train"
-    bar = tqdm(range(1, num_epochs + 1), desc=label, disable=progress is False, leave=False)
+    bar = tqdm(
+        range(1, num_epochs + 1), desc=label, disable=not show_progress(progress), leave=False
+    )
     for epoch in bar:
         model.train()
         total_loss = correct = seen = 0.0

@@ -7,9 +7,11 @@ from ftcourse.train import evaluate, fit
 
 
 def _toy_task(n: int = 64) -> torch.utils.data.TensorDataset:
+    """Noise images; class 1 has a bright square in the top-left corner."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 1, 28, 28, generator=g)
-    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    x = 0.3 * torch.randn(n, 1, 28, 28, generator=g)
+    y = torch.arange(n) % 2
+    x[y == 1, :, :8, :8] += 1.5
     return torch.utils.data.TensorDataset(x, y)
 
 
@@ -42,16 +44,18 @@ def test_history_and_learning():
     history = fit(
         model,
         task,
-        num_epochs=5,
+        num_epochs=10,
         lr=3e-3,
         batch_size=32,
         val_set=task,
         generator=generator,
         progress=False,
     )
-    assert history.epoch == [1, 2, 3, 4, 5]
-    assert len(history.train_loss) == len(history.val_acc) == 5
+    assert history.epoch == list(range(1, 11))
+    assert len(history.train_loss) == len(history.val_acc) == 10
     assert history.train_loss[-1] < history.train_loss[0]
+    # In eval mode BatchNorm uses running statistics, which lag behind for a few epochs when
+    # training from scratch; after 10 epochs they have caught up.
     assert history.final_val_acc == evaluate(model, task) > 0.9
     assert history.seconds > 0
 
