@@ -94,19 +94,29 @@ def run_notebook(
         raise FileNotFoundError(f"no notebook at {notebook}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    os.environ["FTCOURSE_PROFILE"] = profile  # the kernel inherits the environment
-    if report_dir is not None:
-        os.environ["FTCOURSE_REPORT_DIR"] = str(Path(report_dir).resolve())
     out = Path(output_dir) / f"{notebook.stem}.{profile}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(
-        str(notebook),
-        str(out),
-        parameters={"PROFILE": profile},
-        kernel_name="python3",
-        cwd=str(notebook.parent),
-        progress_bar=sys.stderr.isatty(),
-    )
+    # The kernel inherits this process's environment; restore it afterwards.
+    overrides = {"FTCOURSE_PROFILE": profile}
+    if report_dir is not None:
+        overrides["FTCOURSE_REPORT_DIR"] = str(Path(report_dir).resolve())
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(out),
+            parameters={"PROFILE": profile},
+            kernel_name="python3",
+            cwd=str(notebook.parent),
+            progress_bar=sys.stderr.isatty(),
+        )
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return out
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -58,6 +59,7 @@ def test_run_executes_a_notebook_with_the_profile(tmp_path):
     assert out == tmp_path / "x" / "99_tiny.smoke.ipynb" and out.is_file()
     payload = json.loads((tmp_path / "r" / "99_tiny.json").read_text())
     assert payload["profile"] == "smoke" and payload["metrics"] == {"answer": 42}
+    assert os.environ.get("FTCOURSE_REPORT_DIR") != str(tmp_path / "r")  # restored
 
 
 def test_run_refuses_bad_input(tmp_path):
