@@ -517,3 +517,9 @@ def few_label_split(
     tr, va = torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
     TD = torch.utils.data.TensorDataset
     return TD(x[tr], y[tr]), TD(x[va], y[va])
+
+
+def random_subset(dataset: torch.utils.data.Dataset, n: int, seed: int = 0):
+    """A seeded random subset of at most ``n`` items (e.g. a smaller, still mixed test set)."""
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.utils.data.Subset(dataset, idx.tolist())

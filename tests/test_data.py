@@ -123,3 +123,11 @@ def test_installed_copy_with_wrong_content_is_rejected(fake_dataset):
 def test_unknown_dataset_lists_the_known_ones():
     with pytest.raises(KeyError, match="fashion-mnist"):
         data.locate("imagenet")
+
+
+def test_random_subset_is_seeded_and_capped():
+    pool = data.image_task("fashion-mnist", [0, 1], "test")
+    a, b = data.random_subset(pool, 50, seed=3), data.random_subset(pool, 50, seed=3)
+    assert len(a) == 50 and a.indices == b.indices
+    assert a.indices != data.random_subset(pool, 50, seed=4).indices
+    assert len(data.random_subset(pool, 10**6)) == len(pool)
