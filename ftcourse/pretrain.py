@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import data
 from .models import ZOO_DIR, build_cnn, build_lm, write_card
+from .precision import autocast, describe
 from .profiles import seed_everything
 from .train import evaluate, fit, show_progress
 
@@ -150,14 +151,19 @@ def lm_loss(
     batch_size: int = 64,
     max_windows: int | None = None,
 ) -> float:
-    """Mean next-token cross-entropy over consecutive windows of ``tokens`` (nats per token)."""
+    """Mean next-token cross-entropy over consecutive windows of ``tokens`` (nats per token).
+
+    Computed in fp32 on the model's device, so the number does not depend on the hardware.
+    """
     usable = (len(tokens) - 1) // context * context
     windows = tokens[: usable + 1]
     starts = list(range(0, usable, context))[:max_windows]
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(starts), batch_size):
         batch = torch.stack([windows[s : s + context + 1] for s in starts[i : i + batch_size]])
+        batch = batch.to(device)
         out = model(input_ids=batch[:, :-1])
         loss = nn.functional.cross_entropy(
             out.logits.float().reshape(-1, out.logits.shape[-1]),
@@ -188,14 +194,17 @@ def train_lm(
     context: int = 128,
     warmup: int = 100,
     generator: torch.Generator | None = None,
-    bf16: bool = True,
+    device: torch.device | str = "cpu",
     progress: bool | str = True,
 ) -> list[float]:
     """Next-token pretraining with AdamW, linear warm-up and cosine decay; returns step losses.
 
-    The labels are the inputs: transformers causal LMs shift them internally.
+    The labels are the inputs: transformers causal LMs shift them internally. The forward pass
+    runs under :func:`ftcourse.precision.autocast`: bf16 where ``device`` has it natively, fp32
+    elsewhere (bf16 emulated on a CPU without it is 10-100x slower).
     """
     generator = generator or torch.Generator().manual_seed(0)
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
 
     def schedule(step: int) -> float:
@@ -204,7 +213,6 @@ def train_lm(
         return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, num_steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     losses = []
     model.train()
     label = progress if isinstance(progress, str) else "pretrain"
@@ -216,7 +224,8 @@ def train_lm(
         leave=False,
     )
     for batch in bar:
-        with autocast:
+        batch = batch.to(device)
+        with autocast(device):
             loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -249,7 +258,7 @@ def sample(
 ) -> str:
     """Top-k sampling from ``prompt``, seeded with ``torch.manual_seed`` (``generate`` uses it)."""
     torch.manual_seed(seed)
-    ids = tokenizer(prompt, return_tensors="pt")
+    ids = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
     model.eval()
     out = model.generate(
         **ids,
@@ -307,8 +316,8 @@ def pretrain_lm(
             f"{list(LM_VALIDATION_WORKS)}; {len(train_tokens)} training tokens, "
             f"{len(val_tokens)} validation tokens",
             "recipe": f"AdamW lr={lr} (warm-up 100, cosine to 0.1x), wd 0.1, batch 32 x context "
-            f"128, {num_steps} steps ({num_steps * 32 * 128 / 1e6:.1f} M tokens), bf16 "
-            "autocast; chat-token embeddings re-initialised after training",
+            f"128, {num_steps} steps ({num_steps * 32 * 128 / 1e6:.1f} M tokens), "
+            f"{describe('cpu')}; chat-token embeddings re-initialised after training",
             "seed": seed,
             "metrics": {
                 "val_loss_random_init": round(loss_start, 4),
