@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 from pathlib import Path
@@ -69,12 +70,40 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot record a {type(value).__name__}; use numbers, strings or lists")
 
 
-def record(name: str, value: Any) -> Any:
-    """Record metric ``name`` for the current notebook and return ``value`` unchanged."""
+def record(name: str, value: Any) -> None:
+    """Record metric ``name`` for the current notebook; a number is also glued (:func:`glue`).
+
+    Returns ``None``, so a cell ending in ``record(...)`` prints nothing.
+    """
     run = _current()
     run.metrics[name] = _jsonable(value)
     _write()
-    return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        glue(name, value)
+
+
+def glue(name: str, value: Any) -> None:
+    """Make ``value`` citable from the notebook's Markdown, so prose numbers come from the run.
+
+    Numbers are cited as ``{glue:text}`name:.3f```; strings are treated as Markdown and cited
+    as ``{glue:md}`name```. Nothing is displayed in the notebook. Without ``myst_nb`` (the
+    ``book`` extra) this does nothing. Introduced in chapter 0.
+    """
+    try:
+        from IPython.display import Markdown
+        from myst_nb import glue as _glue
+    except ImportError:  # pragma: no cover - the book extra is not installed
+        return
+    if isinstance(value, str):
+        value = Markdown(value)
+    elif hasattr(value, "item"):
+        value = value.item()
+    _glue(name, value, display=False)
+
+
+def elapsed() -> float:
+    """Seconds since :func:`start` of the current notebook run."""
+    return time.perf_counter() - _current().started
 
 
 def metrics() -> dict[str, Any]:

@@ -89,3 +89,67 @@ def test_bad_input_is_a_clear_error():
         p.requires_grad = False
     with pytest.raises(ValueError, match="no trainable parameters"):
         fit(model, _toy_task(), num_epochs=1, lr=1e-3)
+
+
+def test_fit_steps_keeps_the_best_checkpoint_and_stops_on_patience():
+    from ftcourse.train import fit_steps
+
+    task = _toy_task(64)
+    generator = seed_everything(0)
+    model = models.build_cnn(2)
+    curve = fit_steps(
+        model,
+        task,
+        lr=3e-3,
+        max_steps=40,
+        val_set=task,
+        eval_every=5,
+        patience=10,
+        generator=generator,
+        progress=False,
+    )
+    assert curve.step[0] == 5 and curve.step == sorted(curve.step)
+    assert len(curve.val_acc) == len(curve.seconds) == len(curve.train_acc) == len(curve.step)
+    assert curve.best_val_acc == max(curve.val_acc)
+    assert curve.best_step == curve.step[curve.val_acc.index(curve.best_val_acc)]
+    assert curve.steps_run <= 40 and (
+        curve.steps_run == 40 or curve.steps_run - curve.best_step >= 10
+    )
+    # The model holds the best checkpoint's weights: its accuracy is the best one.
+    assert evaluate(model, task) == pytest.approx(curve.best_val_acc)
+    assert curve.seconds == sorted(curve.seconds) and curve.best_seconds <= curve.seconds[-1]
+    assert curve.reached(curve.best_val_acc)[0] <= curve.best_step
+    assert curve.reached(1.01) is None
+
+
+def test_cosine_schedule_warms_up_and_ends_at_zero():
+    from ftcourse.train import cosine_schedule
+
+    f = cosine_schedule(100)
+    assert f(0) == pytest.approx(0.2)  # 5 warm-up steps
+    assert f(4) == pytest.approx(1.0)
+    assert f(52) == pytest.approx(0.5, abs=0.02)
+    assert f(100) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fit_steps_rejects_bad_input():
+    from ftcourse.train import fit_steps
+
+    model = models.build_cnn(2)
+    with pytest.raises(ValueError, match="max_steps"):
+        fit_steps(model, _toy_task(), lr=1e-3, max_steps=0, val_set=_toy_task())
+    with pytest.raises(ValueError, match="schedule"):
+        fit_steps(model, _toy_task(), lr=1e-3, max_steps=2, val_set=_toy_task(), schedule="step")
+
+
+def test_linear_probe_separates_separable_features():
+    from ftcourse.train import features, linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 2
+    x = torch.randn(200, 8, generator=g) + 3 * y[:, None].float()
+    assert linear_probe((x[:100], y[:100]), (x[100:], y[100:])) > 0.95
+    noise = torch.randn(200, 8, generator=g)
+    assert linear_probe((noise[:100], y[:100]), (noise[100:], y[100:])) < 0.75
+    feats, labels = features(models.build_cnn(2), _toy_task(10))
+    assert feats.shape == (10, 256) and labels.tolist() == (torch.arange(10) % 2).tolist()

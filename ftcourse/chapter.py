@@ -1,0 +1,87 @@
+"""The first and last cell of every notebook: set-up, then the run's own runtime.
+
+:func:`start` replaces the twenty lines of set-up each notebook used to repeat: it resolves
+the profile and the device, starts the report, reads the chapter's settings, resolves the
+``MODEL`` parameter (``None`` means the profile's default), prints what this run uses (versions,
+CPU, precision) and glues the measured runtime line that the notebook's first cell cites.
+:func:`finish` glues how long this very run took, on which machine. Introduced in chapter 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import __version__, bench, precision, report
+from .profiles import Profile, get_profile, resolve_device
+
+
+@dataclass
+class Chapter:
+    """What a notebook's set-up cell produces."""
+
+    notebook: str
+    profile: Profile
+    cfg: dict[str, Any]
+    device: torch.device
+    model: str | None
+
+
+_current: Chapter | None = None
+
+
+def start(
+    notebook: str,
+    profile: str,
+    device: str = "auto",
+    section: str | None = None,
+    model: str | None = None,
+) -> Chapter:
+    """Set up a notebook run: profile, device, report, settings and model.
+
+    Args:
+        notebook: the notebook's file stem (``"00_quickstart"``), the name of its report.
+        section: the prefix of the chapter's settings in the profile table (``"quickstart"``).
+        model: the notebook's ``MODEL`` parameter; ``None`` takes ``<section>.model`` from the
+            profile (recorded as the metric ``model``).
+    """
+    global _current
+    prof = get_profile(profile)
+    dev = resolve_device(device)
+    report.start(notebook, prof.name)
+    cfg = prof.section(section) if section else {}
+    model = model or cfg.get("model")
+    cpu = precision.cpu_info()
+    where = f"{dev}" if dev.type != "cpu" else f"{cpu.model}, {cpu.threads} threads"
+    print(
+        f"ftcourse {__version__}, torch {torch.__version__}; profile {prof.name!r}; "
+        f"device {where}; training in {precision.describe(dev)}"
+        + (f"; model {model}" if model else "")
+    )
+    report.glue("runtime", bench.runtime_line(notebook))
+    if model:
+        report.record("model", model)
+    _current = Chapter(notebook, prof, cfg, dev, model)
+    return _current
+
+
+def finish() -> float:
+    """Glue ``this_run`` (seconds, profile, machine) for the first cell; return the seconds."""
+    if _current is None:
+        raise RuntimeError("call ftcourse.chapter.start(...) first")
+    seconds = report.elapsed()
+    dev = _current.device
+    machine = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"{precision.cpu_info().model} ({precision.cpu_info().threads} threads)"
+    )
+    report.glue(
+        "this_run",
+        f"{seconds:.0f} s in the `{_current.profile.name}` profile on {machine}, "
+        f"{precision.describe(dev)}",
+    )
+    print(f"this run: {seconds:.1f} s")
+    return seconds

@@ -1,0 +1,65 @@
+"""Measured runtimes are read back correctly, and stored choices match their evidence."""
+
+import csv
+
+from ftcourse import bench, experiments
+from ftcourse.profiles import PROFILES
+
+
+def _write(folder, rows):
+    with open(folder / bench.RUNTIMES_CSV, "w", newline="") as f:
+        writer = csv.DictWriter(f, bench.RUNTIME_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _row(nb, profile, seconds, cpu="CPU X (2 cores)", gflops="100"):
+    return {
+        "notebook": nb,
+        "profile": profile,
+        "seconds": seconds,
+        "cpu": cpu,
+        "native_bf16": "False",
+        "fp32_gflops": gflops,
+        "date": "2026-11-27",
+    }
+
+
+def test_runtime_line_groups_runs_by_profile_and_cpu(tmp_path):
+    assert "not measured yet" in bench.runtime_line("00_x", tmp_path)
+    _write(
+        tmp_path,
+        [
+            _row("00_x", "cpu", "100"),
+            _row("00_x", "cpu", "120"),
+            _row("00_x", "smoke", "8"),
+            _row("01_y", "cpu", "50"),
+        ],
+    )
+    line = bench.runtime_line("00_x", tmp_path)
+    assert "`smoke` 8 s (1 run), `cpu` 100–120 s (2 runs) on CPU X (2 cores)" in line
+    assert "no native bf16" in line and "make bench" in line
+
+
+def test_expected_runtime_scales_with_the_speed_probe(tmp_path):
+    assert "not measured" in bench.expected_runtimes(100, tmp_path)[0]
+    _write(tmp_path, [_row("00_x", "cpu", "120"), _row("01_y", "cpu", "60")])
+    lines = bench.expected_runtimes(50, tmp_path)  # a machine half as fast
+    assert "3.0 min measured" in lines[0]
+    assert "about 5–8 min" in lines[1]  # 6 min scaled, shown as 0.8x-1.3x
+
+
+def test_the_stored_learning_rates_are_what_the_evidence_chooses():
+    """pretraining.lr_selected must be the argmax of benchmarks/results/lr_selection.csv."""
+    path = bench.RESULTS_DIR / "lr_selection.csv"
+    stored = PROFILES["cpu"].get("pretraining.lr_selected")
+    assert stored, "the cpu profile stores chapter 1's choice (benchmarks/select_lr.py)"
+    rows = list(csv.DictReader(open(path)))
+    budgets = PROFILES["cpu"].get("pretraining.labels_per_class")
+    grid = PROFILES["cpu"].get("pretraining.lrs")
+    for model, arms in stored.items():
+        mine = [r for r in rows if r["model"] == model]
+        assert {float(r["lr"]) for r in mine} == set(grid), "the CSV's grid is the profile's"
+        for arm, lrs in arms.items():
+            for labels, lr in zip(budgets, lrs, strict=True):
+                assert experiments.chosen_lr(mine, arm=arm, labels_per_class=labels) == lr
