@@ -1,11 +1,17 @@
 """The ``ftcourse`` command: ``doctor``, ``run``, ``data fetch``, ``pretrain``.
 
-* ``ftcourse doctor`` - versions, device, and whether every dataset and zoo model is there
-  (with the fix for each missing one); exit status 1 when something is missing.
+* ``ftcourse doctor`` - versions, device, the CPU (and whether it has native bf16), a short
+  speed probe with the expected book runtime on this machine, and whether every dataset and
+  zoo model is there (with the fix for each missing one); exit status 1 when something is
+  missing.
 * ``ftcourse run NOTEBOOK --profile P [--report-dir D]`` - execute one notebook with papermill
   into ``_build/executed/``.
 * ``ftcourse data fetch [NAME ...]`` - obtain datasets (what ``make setup`` runs).
 * ``ftcourse pretrain {cnn,lm}`` - rebuild a zoo model.
+
+Every error a user can cause (a missing notebook, an unknown profile, dataset or model, a
+report folder that cannot be written) ends in one line on stderr and exit status 2, not a
+traceback; ``FTCOURSE_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 PACKAGES = (
     "torch",
@@ -41,9 +48,8 @@ def _version(dist: str) -> str:
 
 
 def doctor(_: argparse.Namespace) -> int:
-    import torch
 
-    from . import data, models
+    from . import bench, data, models, precision
     from .profiles import resolve_device
 
     problems = 0
@@ -51,7 +57,19 @@ def doctor(_: argparse.Namespace) -> int:
     for dist in PACKAGES:
         print(f"  {dist:<13} {_version(dist)}")
     device = resolve_device()
-    print(f"  device        {device} ({torch.get_num_threads()} CPU threads)")
+    cpu = precision.cpu_info()
+    print(f"  device        {device}")
+    print(f"  CPU           {cpu.model}, {cpu.cores} cores, torch uses {cpu.threads} threads")
+    print(f"  bf16          {'native' if cpu.native_bf16 else 'NOT native'} ({cpu.bf16_reason})")
+    print(
+        f"  precision     training runs in {precision.describe(device)} on {device}"
+        f" (override: {precision.PRECISION_ENV}=fp32|bf16)"
+    )
+    probe = precision.speed_probe()
+    speeds = ", ".join(f"{k.split('_')[0]} {v:.0f} GFLOP/s" for k, v in probe.items())
+    print(f"  speed probe   512x512 matmul: {speeds}")
+    for line in bench.expected_runtimes(probe["fp32_gflops"]):
+        print(f"  {line}")
     for var in ("HF_HUB_OFFLINE", "FTCOURSE_PROFILE", "FTCOURSE_DATA"):
         print(f"  {var:<13} {os.environ.get(var, '(unset)')}")
     print(f"datasets (cache: {data.cache_dir()})")
@@ -83,8 +101,12 @@ def run_notebook(
     profile: str,
     report_dir: str | Path | None = None,
     output_dir: str | Path = "_build/executed",
+    parameters: dict[str, Any] | None = None,
 ) -> Path:
-    """Execute ``notebook`` with papermill in ``profile``; return the executed copy's path."""
+    """Execute ``notebook`` with papermill in ``profile``; return the executed copy's path.
+
+    ``parameters`` override other names of the notebook's parameters cell (``MODEL``, ``SEED``).
+    """
     import papermill
 
     from .profiles import PROFILES
@@ -106,7 +128,7 @@ def run_notebook(
         papermill.execute_notebook(
             str(notebook),
             str(out),
-            parameters={"PROFILE": profile},
+            parameters={**(parameters or {}), "PROFILE": profile},
             kernel_name="python3",
             cwd=str(notebook.parent),
             progress_bar=sys.stderr.isatty(),
@@ -121,8 +143,32 @@ def run_notebook(
 
 
 def run(args: argparse.Namespace) -> int:
+    from .profiles import PROFILES
+
+    if not Path(args.notebook).is_file():
+        raise UsageError(f"no notebook at {args.notebook}")
+    if args.profile not in PROFILES:
+        raise UsageError(f"unknown profile {args.profile!r}; choose one of {', '.join(PROFILES)}")
+    params = _parameters(args.param)
+    if params.get("MODEL") is not None:
+        from .models import source_kind
+
+        source_kind(str(params["MODEL"]))  # an unknown model is one line, before any work
+    if args.report_dir is not None:
+        _writable(args.report_dir)
+    _writable(args.output_dir)
     start = time.perf_counter()
-    out = run_notebook(args.notebook, args.profile, args.report_dir, args.output_dir)
+    try:
+        out = run_notebook(args.notebook, args.profile, args.report_dir, args.output_dir, params)
+    except Exception as err:
+        if type(err).__name__ != "PapermillExecutionError":
+            raise
+        executed = Path(args.output_dir) / f"{Path(args.notebook).stem}.{args.profile}.ipynb"
+        raise UsageError(
+            f"{args.notebook} failed in cell {err.exec_count}: {err.ename}: "
+            f"{str(err.evalue).splitlines()[0] if err.evalue else ''} "
+            f"(the executed copy with the traceback: {executed})"
+        ) from err
     print(
         f"executed {args.notebook} ({args.profile}) in {time.perf_counter() - start:.1f} s -> {out}"
     )
@@ -133,6 +179,11 @@ def data_fetch(args: argparse.Namespace) -> int:
     from . import data
 
     names = args.names or list(data.REGISTRY)
+    unknown = [n for n in names if n not in data.REGISTRY]
+    if unknown:
+        raise UsageError(
+            f"unknown dataset {', '.join(map(repr, unknown))}; known: {', '.join(data.REGISTRY)}"
+        )
     failed = 0
     for name in names:
         try:
@@ -143,7 +194,63 @@ def data_fetch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _parameters(pairs: list[str]) -> dict[str, Any]:
+    """``["MODEL=efficientnet-lite0", "SEED=1"]`` -> values (numbers parsed, ``None`` kept)."""
+    import ast
+
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.isidentifier():
+            raise UsageError(f"--param expects NAME=VALUE, not {pair!r}")
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[name] = value
+    return out
+
+
+class UsageError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+def _writable(folder: str | Path) -> Path:
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".ftcourse-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"cannot write to {folder}: {err.strerror or err}") from err
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``ftcourse`` command; user errors become one line on stderr and exit code 2."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("ftcourse: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for the user, traceback on request
+        if os.environ.get("FTCOURSE_DEBUG") == "1" or not _is_user_error(err):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"ftcourse: error: {message.strip(chr(39))}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(err: Exception) -> bool:
+    from . import data, models, report
+
+    user = (UsageError, FileNotFoundError, KeyError, ValueError, PermissionError)
+    return isinstance(
+        err, user + (data.DataNotFoundError, models.ChecksumError, report.ClaimFailed)
+    )
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ftcourse", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -154,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=os.environ.get("FTCOURSE_PROFILE", "cpu"))
     p.add_argument("--report-dir", default=None)
     p.add_argument("--output-dir", default="_build/executed")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a parameter of the notebook, e.g. -p MODEL=efficientnet-lite0",
+    )
     d = sub.add_parser("data", help="dataset commands")
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="obtain datasets (all when none is named)")

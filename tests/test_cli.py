@@ -68,3 +68,42 @@ def test_run_refuses_bad_input(tmp_path):
     (tmp_path / "a.ipynb").write_text("{}")
     with pytest.raises(ValueError, match="unknown profile"):
         cli.run_notebook(tmp_path / "a.ipynb", "tpu")
+
+
+def _cli(*args, env=None):
+    result = subprocess.run(
+        [sys.executable, "-m", "ftcourse.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "missing.ipynb"], "no notebook at missing.ipynb"),
+        (["run", "notebooks/00_quickstart.ipynb", "--profile", "warp"], "unknown profile 'warp'"),
+        (["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL=nope"], "unknown model 'nope'"),
+        (["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL"], "--param expects NAME=VALUE"),
+        (
+            ["run", "notebooks/00_quickstart.ipynb", "--report-dir", "/proc/no/such/dir"],
+            "cannot write to /proc/no/such/dir",
+        ),
+        (["data", "fetch", "imagenet"], "unknown dataset 'imagenet'"),
+    ],
+)
+def test_user_errors_are_one_line_without_a_traceback(args, message):
+    code, out, err = _cli(*args)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ftcourse: error: "), err
+    assert message in lines[0] and "Traceback" not in err
+
+
+def test_doctor_reports_the_cpu_bf16_and_a_speed_probe(capsys):
+    cli.main(["doctor"])
+    out = capsys.readouterr().out
+    assert "CPU " in out and "bf16 " in out and ("native" in out)
+    assert "GFLOP/s" in out and "book runtime" in out
