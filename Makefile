@@ -20,7 +20,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 FTCOURSE_OFFLINE=1 TRANSFORMER
 # Executed notebooks (tests, book, `make run`) store no progress bars.
 BATCH := $(OFFLINE) FTCOURSE_PROGRESS=0
 
-.PHONY: setup test book lab run doctor lint clean help
+.PHONY: setup test book lab run doctor lint bench select-lr clean help
 
 help:
 	@echo "make book    build the website (executes every notebook in the cpu profile)"
@@ -28,7 +28,9 @@ help:
 	@echo "make setup   create $(VENV), install ftcourse[$(EXTRAS)], fetch the datasets"
 	@echo "make lab     open the notebooks in JupyterLab"
 	@echo "make run NB=notebooks/00_quickstart.ipynb PROFILE=cpu   execute one notebook"
-	@echo "make doctor  check versions, device, datasets and zoo models"
+	@echo "make doctor  check versions, CPU and bf16, a speed probe, datasets and zoo models"
+	@echo "make bench   time the notebooks (smoke, cpu), fit vs bare loop vs HF Trainer, LM throughput"
+	@echo "make select-lr  re-choose chapter 1's learning rates on validation (benchmarks/select_lr.py)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,8 +67,16 @@ lab: setup
 	$(OFFLINE) $(VENV)/bin/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 lint: setup
-	$(VENV)/bin/ruff check ftcourse tests
-	$(VENV)/bin/ruff format --check ftcourse tests
+	$(VENV)/bin/ruff check ftcourse tests benchmarks
+	$(VENV)/bin/ruff format --check ftcourse tests benchmarks
+
+# Benchmarks write benchmarks/results/*.csv and the book pages generated from them. Run them on
+# an otherwise idle machine: a second torch process on two cores ruins every timing.
+bench: setup
+	$(BATCH) $(PY) benchmarks/run.py all --profiles $(or $(BENCH_PROFILES),smoke,cpu)
+
+select-lr: setup
+	$(BATCH) $(PY) benchmarks/select_lr.py
 
 clean:
 	rm -rf _build
