@@ -7,6 +7,7 @@ the metrics a chapter promises (its issue names them) and their valid ranges.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import nbformat
@@ -20,7 +21,24 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 UNIT = (0.0, 1.0)
 # Metric -> valid range (for a list: of every element), per notebook. Names are a contract.
 EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
-    "00_quickstart": {"finetune_acc": UNIT, "scratch_acc": UNIT, "num_seeds": (1, 100)},
+    "00_quickstart": {
+        "finetune_acc": UNIT,
+        "scratch_acc": UNIT,
+        "scratch_untuned_acc": UNIT,
+        "num_seeds": (1, 100),
+        "finetune_lr": (1e-6, 1.0),
+        "scratch_lr": (1e-6, 1.0),
+        "finetune_steps": (1, 1e5),
+        "scratch_steps": (1, 1e5),
+        "steps_to_target_finetune": (1, 1e5),
+        "steps_to_target_scratch": (1, 1e5),
+        "seconds_to_target_finetune": (0.0, 1e4),
+        "seconds_to_target_scratch": (0.0, 1e4),
+        "imagenet_probe_acc": UNIT,
+        "tinycnn_probe_acc": UNIT,
+        "train_val_gap_finetune": (-1.0, 1.0),
+        "train_val_gap_scratch": (-1.0, 1.0),
+    },
     "01_pretraining_vs_finetuning": {
         "selfpred_val_loss_start": (7.0, 9.0),  # about ln(4096) = 8.3 for a random model
         "selfpred_val_loss_end": (0.0, 9.0),
@@ -32,14 +50,29 @@ EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
         "finetune_std": UNIT,
         "scratch_std": UNIT,
         "num_seeds": (1, 100),
+        "finetune_lr": (1e-6, 1.0),
+        "scratch_lr": (1e-6, 1.0),
+        "finetune_steps": (1, 1e5),
+        "scratch_steps": (1, 1e5),
+        "steps_to_target_finetune": (1, 1e5),
+        "steps_to_target_scratch": (1, 1e5),
+        "seconds_to_target_finetune": (0.0, 1e4),
+        "seconds_to_target_scratch": (0.0, 1e4),
     },
     "02_full_finetuning": {
         "lrs": (0.0, 1.0),
         "target_acc": UNIT,
+        "target_acc_std": UNIT,
         "source_acc_after": UNIT,
+        "source_acc_after_std": UNIT,
+        "source_acc_after_bn_restored": UNIT,
+        "source_acc_after_refit": UNIT,
+        "source_acc_after_lr0": UNIT,
         "source_acc_before": (0.88, 1.0),
         "scratch_gap": (-1.0, 1.0),
         "finetune_gap": (-1.0, 1.0),
+        "num_seeds": (1, 100),
+        "chosen_lr": (0.0, 1.0),
     },
     "03_partial_finetuning": {
         "unfrozen_blocks": (0, 100),
@@ -51,7 +84,18 @@ EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
         "bitfit_acc": UNIT,
         "bitfit_trainable_fraction": (0.0, 0.01),
         "sparse_acc": UNIT,
+        "sparse_random_acc": UNIT,
         "sparse_trainable_fraction": (0.0, 0.05),
+        "near_k_needed": (0, 100),
+        "far_k_needed": (0, 100),
+        "block_probe_near": UNIT,
+        "block_probe_far": UNIT,
+        "block_change_near": (0.0, 100.0),
+        "block_change_far": (0.0, 100.0),
+        "num_classes_near": (5, 5),
+        "num_classes_far": (5, 5),
+        "steps_near": (1, 1e5),
+        "steps_far": (1, 1e5),
     },
 }
 # Lists that must be strictly ascending, and groups of lists that must have equal lengths.
@@ -63,10 +107,31 @@ ALIGNED = {
         "scratch_acc",
         "finetune_std",
         "scratch_std",
+        "finetune_lr",
+        "scratch_lr",
+        "finetune_steps",
+        "scratch_steps",
+        "steps_to_target_finetune",
+        "steps_to_target_scratch",
+        "seconds_to_target_finetune",
+        "seconds_to_target_scratch",
     ],
-    "02_full_finetuning": ["lrs", "target_acc", "source_acc_after"],
+    "02_full_finetuning": [
+        "lrs",
+        "target_acc",
+        "target_acc_std",
+        "source_acc_after",
+        "source_acc_after_std",
+        "source_acc_after_bn_restored",
+        "source_acc_after_refit",
+    ],
     "03_partial_finetuning": ["unfrozen_blocks", "near_acc", "far_acc", "trainable_params"],
 }
+# Markdown may cite a run's numbers only through glue roles: a decimal number or a
+# percentage typed into the prose is a number from some other run.
+TYPED_NUMBER = re.compile(
+    r"(?<![\w.])(?:\d+\.\d+|\d+(?:\.\d+)?\s?%|\d+(?:–\d+)?\s?(?:s|min|seconds|minutes)\b)"
+)
 
 
 def _ids(paths):
@@ -89,8 +154,48 @@ def test_notebook_follows_the_contract(path):
     assert len(params) == 1, "exactly one cell tagged 'parameters'"
     assert 'os.environ.get("FTCOURSE_PROFILE", "cpu")' in params[0].source
     assert any(c.cell_type == "markdown" and "## What we measured" in c.source for c in nb.cells)
-    assert f'report.start("{path.stem}"' in "".join(c.source for c in code)
-    assert any(":::{solution}" in c.source for c in nb.cells), "exercises with solutions"
+    assert f'chapter.start(\n    "{path.stem}"' in "".join(c.source for c in code) or (
+        f'chapter.start("{path.stem}"' in "".join(c.source for c in code)
+    )
+    assert any("{solution" in c.source for c in nb.cells), "exercises with solutions"
+    assert "{glue:md}`runtime`" in first.source and "{glue:md}`this_run`" in first.source
+    assert "MODEL = None" in params[0].source or "MODEL" not in "".join(c.source for c in code)
+
+
+def _markdown_without_code_and_roles(text: str) -> str:
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # fenced blocks
+    text = re.sub(r"\$\$.*?\$\$|\$[^$]*\$", "", text, flags=re.S)  # math
+    text = re.sub(r"\{[\w:-]+\}`[^`]*`", "", text)  # roles: glue, cite, doc ...
+    return re.sub(r"`[^`]*`", "", text)  # inline code
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_no_result_is_typed_into_the_prose(path):
+    nb = nbformat.read(path, as_version=4)
+    typed = [
+        m.group(0)
+        for c in nb.cells
+        if c.cell_type == "markdown"
+        for m in TYPED_NUMBER.finditer(_markdown_without_code_and_roles(c.source))
+    ]
+    assert not typed, f"numbers typed into Markdown (glue them from the run): {typed}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_solutions_with_code_run_as_cells(path):
+    """Code in a solution is a real cell between solution-start and solution-end, so every
+    run of the notebook (smoke included) executes it; dropdown solutions hold prose only."""
+    nb = nbformat.read(path, as_version=4)
+    inside = False
+    for cell in nb.cells:
+        src = cell.source
+        if cell.cell_type == "markdown":
+            for block in re.findall(r":::\{solution\}.*?:::", src, flags=re.S):
+                assert "```python" not in block, "code in a solution must be a gated cell"
+            for marker in re.findall(r"\{solution-(start|end)\}", src):
+                assert inside == (marker == "end"), f"unbalanced solution-{marker}"
+                inside = marker == "start"
+    assert not inside, "solution-start without solution-end"
 
 
 @pytest.mark.notebook
@@ -116,3 +221,37 @@ def test_notebook_runs_in_smoke_profile(path, tmp_path):
     if path.stem == "03_partial_finetuning":
         assert metrics["unfrozen_blocks"][0] == 0
     assert payload["claims"], "the 'What we measured' section checks no claim"
+    executed = nbformat.read(tmp_path / "executed" / f"{path.stem}.smoke.ipynb", as_version=4)
+    glued = _glued(executed)
+    cited = set()
+    for cell in executed.cells:
+        if cell.cell_type == "markdown":
+            cited |= set(re.findall(r"\{glue:(?:text|md)\}`([\w]+)", cell.source))
+    assert cited <= glued, f"the prose cites numbers the run never glued: {cited - glued}"
+
+
+def _glued(nb) -> set[str]:
+    names = set()
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            key = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            if key:
+                names.add(key)
+    return names
+
+
+@pytest.mark.notebook
+def test_quickstart_runs_with_the_imagenet_model(tmp_path):
+    """A real model by one parameter: the quickstart with MODEL=efficientnet-lite0."""
+    path = next(p for p in NOTEBOOKS if p.stem == "00_quickstart")
+    run_notebook(
+        path,
+        "smoke",
+        report_dir=tmp_path,
+        output_dir=tmp_path / "executed",
+        parameters={"MODEL": "efficientnet-lite0"},
+    )
+    payload = report.read(tmp_path / f"{path.stem}.json")
+    assert payload["metrics"]["model"] == "efficientnet-lite0"
+    assert 0 <= payload["metrics"]["finetune_acc"] <= 1
+    assert payload["seconds"] <= 120, payload["seconds"]  # 224x224 inputs: slower than tiny-cnn
