@@ -1,0 +1,90 @@
+"""Run notebooks' code cells without Jupyter, on a machine that has only PyTorch & co.
+
+The GPU check of the course runs on a machine with PyTorch, timm and transformers but without
+Jupyter, papermill or myst-nb. This script executes each notebook's code cells in order in
+one namespace (``display`` prints, figures are saved, not shown), in the profile given, and
+prints every cell's duration. Reports land in ``$FTCOURSE_REPORT_DIR`` as usual.
+
+    FTCOURSE_REPORT_DIR=out python benchmarks/run_plain.py notebooks/00_quickstart.ipynb --profile gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+import types
+from pathlib import Path
+
+
+def _stub_ipython() -> None:
+    """Provide ``IPython.display.Markdown``/``display`` where IPython is not installed."""
+    try:
+        import IPython.display  # noqa: F401
+    except ImportError:
+        display_mod = types.ModuleType("IPython.display")
+        display_mod.Markdown = lambda text: types.SimpleNamespace(data=text, __str__=lambda s: text)
+        display_mod.display = lambda *objs, **_: print(*objs)
+        ipython = types.ModuleType("IPython")
+        ipython.display = display_mod
+        sys.modules["IPython"], sys.modules["IPython.display"] = ipython, display_mod
+
+
+def run(path: Path, profile: str, params: dict) -> bool:
+    os.environ["FTCOURSE_PROFILE"] = profile
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nb = json.loads(path.read_text())
+    namespace = {
+        "__name__": "__main__",
+        "display": lambda *o, **_: print(*(getattr(x, "data", x) for x in o)),
+    }
+    start = time.perf_counter()
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags:
+            source += "\n" + "\n".join(
+                f"{k} = {v!r}" for k, v in {"PROFILE": profile, **params}.items()
+            )
+        t = time.perf_counter()
+        try:
+            exec(compile(source, f"{path.stem}[{i}]", "exec"), namespace)
+        except Exception:
+            traceback.print_exc()
+            print(
+                f"FAILED {path.stem} cell {i} after {time.perf_counter() - start:.1f} s", flush=True
+            )
+            return False
+        finally:
+            plt.close("all")
+        print(f"[{path.stem} cell {i}: {time.perf_counter() - t:.1f} s]", flush=True)
+    print(f"DONE {path.stem} ({profile}) in {time.perf_counter() - start:.1f} s", flush=True)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--profile", default="gpu")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    args = parser.parse_args()
+    _stub_ipython()
+    params = {}
+    for pair in args.param:
+        name, _, value = pair.partition("=")
+        params[name] = value
+    ok = all([run(nb, args.profile, params) for nb in args.notebooks])
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
