@@ -5,7 +5,7 @@ Jupyter, papermill or myst-nb. This script executes each notebook's code cells i
 one namespace (``display`` prints, figures are saved, not shown), in the profile given, and
 prints every cell's duration. Reports land in ``$FTCOURSE_REPORT_DIR`` as usual.
 
-    FTCOURSE_REPORT_DIR=out python benchmarks/run_plain.py notebooks/00_quickstart.ipynb --profile gpu
+    FTCOURSE_REPORT_DIR=out python benchmarks/run_plain.py notebooks/00_quickstart.ipynb
 """
 
 from __future__ import annotations
