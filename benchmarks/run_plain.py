@@ -16,21 +16,19 @@ import os
 import sys
 import time
 import traceback
-import types
 from pathlib import Path
 
 
-def _stub_ipython() -> None:
-    """Provide ``IPython.display.Markdown``/``display`` where IPython is not installed."""
+def _has_ipython() -> bool:
     try:
         import IPython.display  # noqa: F401
     except ImportError:
-        display_mod = types.ModuleType("IPython.display")
-        display_mod.Markdown = lambda text: types.SimpleNamespace(data=text, __str__=lambda s: text)
-        display_mod.display = lambda *objs, **_: print(*objs)
-        ipython = types.ModuleType("IPython")
-        ipython.display = display_mod
-        sys.modules["IPython"], sys.modules["IPython.display"] = ipython, display_mod
+        return False
+    return True
+
+
+class _Markdown(str):
+    """Stands in for ``IPython.display.Markdown`` where IPython is not installed."""
 
 
 def run(path: Path, profile: str, params: dict) -> bool:
@@ -50,6 +48,9 @@ def run(path: Path, profile: str, params: dict) -> bool:
         if cell["cell_type"] != "code":
             continue
         source = "".join(cell["source"])
+        if plain:  # no IPython: Markdown is a str, display prints
+            source = source.replace("from IPython.display import Markdown", "Markdown = _Markdown")
+            namespace["_Markdown"] = _Markdown
         tags = cell.get("metadata", {}).get("tags", [])
         if "parameters" in tags:
             source += "\n" + "\n".join(
@@ -77,7 +78,6 @@ def main() -> None:
     parser.add_argument("--profile", default="gpu")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
-    _stub_ipython()
     params = {}
     for pair in args.param:
         name, _, value = pair.partition("=")
