@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -39,10 +38,8 @@ def run(path: Path, profile: str, params: dict) -> bool:
     import matplotlib.pyplot as plt
 
     nb = json.loads(path.read_text())
-    namespace = {
-        "__name__": "__main__",
-        "display": lambda *o, **_: print(*(getattr(x, "data", x) for x in o)),
-    }
+    namespace = {"__name__": "__main__", "display": lambda *o, **_: print(*o)}
+    plain = not _has_ipython()
     start = time.perf_counter()
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code":
