@@ -134,13 +134,33 @@ def _split_corpus() -> tuple[list[str], list[str]]:
     return train, val
 
 
-def encode_corpus(tokenizer, texts: list[str]) -> torch.Tensor:
-    """One long 1-D tensor of token ids; works separated by the end-of-text token."""
+def encode_corpus(tokenizer, texts: list[str], cache: bool = True) -> torch.Tensor:
+    """One long 1-D tensor of token ids; works separated by the end-of-text token.
+
+    Tokenizing all of Shakespeare takes seconds, so with ``cache`` the result is kept in the
+    data cache (``<cache>/tokens/``), keyed by the tokenizer's vocabulary and the texts.
+    """
+    import hashlib
+    import json
+
+    key = hashlib.sha256()
+    key.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    for text in texts:
+        key.update(hashlib.sha256(text.encode()).digest())
+    path = data.cache_dir() / "tokens" / f"{key.hexdigest()[:24]}.pt"
+    if cache and path.is_file():
+        return torch.load(path, weights_only=True)
     ids: list[int] = []
     for text in texts:
         ids.extend(tokenizer(text)["input_ids"])
         ids.append(tokenizer.eos_token_id)
-    return torch.tensor(ids, dtype=torch.long)
+    tokens = torch.tensor(ids, dtype=torch.long)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(tokens, tmp)
+        tmp.replace(path)
+    return tokens
 
 
 @torch.no_grad()

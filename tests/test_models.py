@@ -149,3 +149,14 @@ def test_hub_id_without_network_fails_fast_and_says_why(hub_id):
     with pytest.raises(RuntimeError, match="not reachable"):
         models.load(hub_id)
     assert time.perf_counter() - start < 10
+
+
+def test_encoded_corpus_is_cached_and_identical(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTCOURSE_DATA", str(tmp_path))
+    tok = models.load("tiny-lm").tokenizer
+    texts = ["To be, or not to be.", "ROMEO. Good morrow."]
+    first = encode_corpus(tok, texts)
+    assert len(list((tmp_path / "tokens").glob("*.pt"))) == 1
+    assert torch.equal(first, encode_corpus(tok, texts))  # read back
+    assert torch.equal(first, encode_corpus(tok, texts, cache=False))
+    assert first[-1] == tok.eos_token_id and (first == tok.eos_token_id).sum() == 2
