@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import csv
 import datetime as dt
+import json
 import os
 import statistics
 import time
@@ -361,6 +362,27 @@ def write_page() -> Path:
         parts.append("")
     else:
         parts += ["*Not measured yet.*", ""]
+    gpu = sorted((RESULTS / "gpu").glob("*.json"))
+    parts += ["## Stored GPU runs", ""]
+    if gpu:
+        parts += [
+            "Notebooks run in the `gpu` profile by `benchmarks/run_plain.py` on a lent GPU "
+            "machine; the reports are kept in `benchmarks/results/gpu/` and cited by the "
+            "notebooks.",
+            "",
+            "| notebook | model | seconds | device | date |",
+            "|---|---|---|---|---|",
+        ]
+        for path in gpu:
+            r = json.loads(path.read_text())
+            on = r.get("measured_on", {})
+            parts.append(
+                f"| {r['notebook']} | {r['metrics'].get('model', '')} | {r['seconds']:.0f} | "
+                f"{on.get('device', '')} | {on.get('date', '')} |"
+            )
+        parts.append("")
+    else:
+        parts += ["*None yet.*", ""]
     path = ROOT / "book" / "benchmarks.md"
     path.write_text("\n".join(parts))
     return path

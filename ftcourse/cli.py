@@ -76,10 +76,10 @@ def doctor(_: argparse.Namespace) -> int:
     for name, info in data.REGISTRY.items():
         try:
             folder = data.locate(name)
-            print(f"  ok       {name:<14} {info.size_mb:5.1f} MB  {folder}")
+            print(f"  ok       {name:<18} {info.size_mb:5.1f} MB  {folder}")
         except data.DataNotFoundError:
             problems += 1
-            print(f"  MISSING  {name:<14} fix: ftcourse data fetch {name}   (or: make setup)")
+            print(f"  MISSING  {name:<18} fix: ftcourse data fetch {name}   (or: make setup)")
     print(f"zoo models ({models.ZOO_DIR})")
     for name in models.ZOO:
         try:
@@ -87,11 +87,12 @@ def doctor(_: argparse.Namespace) -> int:
             metrics = ", ".join(
                 f"{k}={v}" for k, v in card["metrics"].items() if not isinstance(v, list)
             )
-            print(f"  ok       {name:<14} {card['num_params']:,} params; {metrics}")
+            about = metrics or card.get("data", "")
+            print(f"  ok       {name:<18} {card['num_params']:,} params; {about}")
         except (FileNotFoundError, models.ChecksumError) as err:
             problems += 1
             fix = f"ftcourse pretrain {name.removeprefix('tiny-')}"
-            print(f"  MISSING  {name:<14} {err}\n           fix: {fix} (or reinstall ftcourse)")
+            print(f"  MISSING  {name:<18} {err}\n           fix: {fix} (or reinstall ftcourse)")
     print("all good" if problems == 0 else f"{problems} problem(s) found")
     return 0 if problems == 0 else 1
 

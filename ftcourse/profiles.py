@@ -121,10 +121,10 @@ _PRETRAINING = {
     },
     "cpu": {
         "model": "tiny-cnn",
-        "lm_steps": 60,
+        "lm_steps": 40,
         "lm_val_windows": 100,
         "simclr_images": 20000,
-        "simclr_steps": 100,
+        "simclr_steps": 80,
         "probe_draws": 5,
         "probe_test_size": 2000,
         "labels_per_class": [5, 20, 100],
@@ -133,9 +133,9 @@ _PRETRAINING = {
         # Chosen on validation by benchmarks/select_lr.py (evidence: its CSV, plotted in the
         # notebook); tests/test_bench.py checks that this matches the CSV.
         "lr_selected": {
-            "tiny-cnn": {"fine-tune": [0.1, 0.01, 0.1], "scratch": [0.1, 0.03, 0.03]},
+            "tiny-cnn": {"fine-tune": [0.1, 0.01, 0.03], "scratch": [0.1, 0.01, 0.03]},
         },
-        "max_steps": [150, 200, 300],
+        "max_steps": [100, 150, 200],
         "batch_size": 32,
         "seeds": [0, 1, 2],
         "test_size": 1000,
