@@ -10,6 +10,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= book,test,lab
 PROFILE ?= cpu
 NB ?= notebooks/00_quickstart.ipynb
+BENCH_PROFILES ?= smoke,cpu
 
 PY := $(VENV)/bin/python
 DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)$(shell echo "$(TORCH) $(EXTRAS)" | sha256sum | cut -c1-6)
@@ -73,7 +74,7 @@ lint: setup
 # Benchmarks write benchmarks/results/*.csv and the book pages generated from them. Run them on
 # an otherwise idle machine: a second torch process on two cores ruins every timing.
 bench: setup
-	$(BATCH) $(PY) benchmarks/run.py all --profiles $(or $(BENCH_PROFILES),smoke,cpu)
+	$(BATCH) $(PY) benchmarks/run.py all --profiles $(BENCH_PROFILES)
 
 select-lr: setup
 	$(BATCH) $(PY) benchmarks/select_lr.py
