@@ -42,7 +42,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 def _machine() -> dict[str, str]:
     cpu = precision.cpu_info()
     return {
-        "cpu": f"{cpu.model} ({cpu.cores} cores)",
+        "cpu": f"{cpu.model} ({cpu.cores} cores, {cpu.capability})",
         "native_bf16": str(cpu.native_bf16),
         "fp32_gflops": f"{precision.matmul_gflops(None, seconds=0.5):.1f}",
         "date": dt.date.today().isoformat(),
@@ -314,6 +314,14 @@ def write_page() -> Path:
         "seconds, is not included). The notebooks' runtime lines read this table.",
         "",
         table,
+        "",
+        "The CPU column names the kernels PyTorch used (`torch.backends.cpu.get_cpu_capability()`)."
+        " A CPU without native bf16 can be imitated on one that has it: "
+        "`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 make bench` makes PyTorch use only "
+        "AVX2 kernels, and `ftcourse.precision` then sees no native bf16 and trains in fp32. "
+        "Rows labelled AVX2 on a CPU whose other rows say AVX512 were measured that way; how "
+        "much time a run takes also varies, by up to a fifth between two runs of one notebook "
+        "here (a shared cloud machine).",
         "",
         "## The training loop against a bare loop and Hugging Face `Trainer`",
         "",

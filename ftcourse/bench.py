@@ -77,11 +77,15 @@ def runtime_line(notebook: str, folder: Path | None = None) -> str:
     return "; ".join(parts) + ", measured by `make bench`."
 
 
-def expected_runtimes(fp32_gflops: float, folder: Path | None = None) -> list[str]:
+def expected_runtimes(
+    fp32_gflops: float, folder: Path | None = None, native_bf16: bool | None = None
+) -> list[str]:
     """Lines for ``ftcourse doctor``: the book's measured `cpu` runtime, scaled to this machine.
 
-    The estimate scales the median measured time by the ratio of matmul throughputs, which is
-    crude (convolutions and Python overhead do not scale alike): read it as a range.
+    The reference is the measured CPU most like this one (native bf16 or not, when
+    ``native_bf16`` is given), else the one with most runs. The estimate scales the median
+    measured time by the ratio of matmul throughputs, which is crude (convolutions and Python
+    overhead do not scale alike): read it as a range.
     """
     cpu_runs = [r for r in runtimes(folder) if r.profile == "cpu"]
     if not cpu_runs:
@@ -89,7 +93,10 @@ def expected_runtimes(fp32_gflops: float, folder: Path | None = None) -> list[st
     by_cpu: dict[str, list[Runtime]] = {}
     for r in cpu_runs:
         by_cpu.setdefault(r.cpu, []).append(r)
-    cpu, rs = max(by_cpu.items(), key=lambda item: len(item[1]))
+    cpu, rs = max(
+        by_cpu.items(),
+        key=lambda item: (item[1][0].native_bf16 == native_bf16, len(item[1])),
+    )
     measured = sum(statistics.median(r.seconds) for r in rs)
     reference = statistics.median(r.fp32_gflops for r in rs)
     scaled = measured * reference / fp32_gflops

@@ -68,7 +68,7 @@ def doctor(_: argparse.Namespace) -> int:
     probe = precision.speed_probe()
     speeds = ", ".join(f"{k.split('_')[0]} {v:.0f} GFLOP/s" for k, v in probe.items())
     print(f"  speed probe   512x512 matmul: {speeds}")
-    for line in bench.expected_runtimes(probe["fp32_gflops"]):
+    for line in bench.expected_runtimes(probe["fp32_gflops"], native_bf16=cpu.native_bf16):
         print(f"  {line}")
     for var in ("HF_HUB_OFFLINE", "FTCOURSE_PROFILE", "FTCOURSE_DATA"):
         print(f"  {var:<13} {os.environ.get(var, '(unset)')}")

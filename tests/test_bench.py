@@ -63,3 +63,11 @@ def test_the_stored_learning_rates_are_what_the_evidence_chooses():
         for arm, lrs in arms.items():
             for labels, lr in zip(budgets, lrs, strict=True):
                 assert experiments.chosen_lr(mine, arm=arm, labels_per_class=labels) == lr
+
+
+def test_expected_runtime_prefers_a_cpu_like_this_one(tmp_path):
+    fast = dict(_row("00_x", "cpu", "100", cpu="BF16 CPU"), native_bf16="True")
+    slow = _row("00_x", "cpu", "200", cpu="AVX2 CPU")
+    _write(tmp_path, [fast, slow, dict(fast, notebook="01_y")])
+    assert "AVX2 CPU" in bench.expected_runtimes(100, tmp_path, native_bf16=False)[0]
+    assert "BF16 CPU" in bench.expected_runtimes(100, tmp_path, native_bf16=True)[0]
