@@ -44,8 +44,9 @@ $(DEPS_STAMP): | $(PY)
 	touch $@
 
 setup: $(DEPS_STAMP)
-	@# A reused environment may point at another checkout: make it use this one.
-	@$(PY) -c "import ftcourse, pathlib, sys; sys.exit(pathlib.Path(ftcourse.__file__).parent != pathlib.Path('ftcourse').resolve())" \
+	@# A reused environment may point at another checkout: make it use this one. (-I keeps the
+	@# current folder off sys.path, else the check would import ./ftcourse and always pass.)
+	@$(PY) -I -c "import ftcourse, pathlib, sys; sys.exit(pathlib.Path(ftcourse.__file__).parent != pathlib.Path('ftcourse').resolve())" \
 		|| $(PY) -m pip install -q --no-deps -e .
 	$(VENV)/bin/ftcourse data fetch
 
