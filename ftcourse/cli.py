@@ -71,7 +71,7 @@ def doctor(_: argparse.Namespace) -> int:
     for line in bench.expected_runtimes(probe["fp32_gflops"], native_bf16=cpu.native_bf16):
         print(f"  {line}")
     for var in ("HF_HUB_OFFLINE", "FTCOURSE_PROFILE", "FTCOURSE_DATA"):
-        print(f"  {var:<13} {os.environ.get(var, '(unset)')}")
+        print(f"  {var + ':':<18} {os.environ.get(var, '(unset)')}")
     print(f"datasets (cache: {data.cache_dir()})")
     for name, info in data.REGISTRY.items():
         try:
