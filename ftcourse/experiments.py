@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,10 @@ class Budget:
         chapter's settings (missing keys keep their defaults)."""
         keys = ("max_steps", "eval_every", "patience", "batch_size")
         return cls(**{k: cfg[prefix + k] for k in keys if prefix + k in cfg})
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """The budget as keyword arguments of :func:`ftcourse.train.fit_steps`."""
+        return asdict(self)
 
 
 @dataclass
@@ -145,11 +149,8 @@ def run_arm(
                 module,
                 train,
                 lr=lr,
-                max_steps=budget.max_steps,
                 val_set=val,
-                eval_every=budget.eval_every,
-                patience=budget.patience,
-                batch_size=budget.batch_size,
+                **budget.fit_kwargs(),
                 generator=generator,
                 device=device,
                 progress=f"{arm} seed {seed} lr {lr:g}" if progress else False,
@@ -221,11 +222,8 @@ def grid_search(
                     model,
                     train_set,
                     lr=lr,
-                    max_steps=budget.max_steps,
                     val_set=val_set,
-                    eval_every=budget.eval_every,
-                    patience=budget.patience,
-                    batch_size=budget.batch_size,
+                    **budget.fit_kwargs(),
                     generator=generator,
                     device=device,
                     progress=False,

@@ -125,3 +125,13 @@ def test_table_is_markdown_with_one_row_per_arm():
     text = experiments.table({"one": [t], "two": [t]}, total_params=4)
     lines = text.splitlines()
     assert len(lines) == 4 and lines[2].startswith("| one |") and "(25.00%)" in lines[2]
+
+
+def test_budget_fit_kwargs_are_what_fit_steps_takes():
+    import inspect
+
+    from ftcourse.train import fit_steps
+
+    kwargs = experiments.Budget(max_steps=7, eval_every=3, patience=None, batch_size=4).fit_kwargs()
+    assert kwargs == {"max_steps": 7, "eval_every": 3, "patience": None, "batch_size": 4}
+    assert set(kwargs) <= set(inspect.signature(fit_steps).parameters)
