@@ -53,7 +53,16 @@ setup: $(DEPS_STAMP)
 test: setup
 	$(BATCH) FTCOURSE_PROFILE=smoke $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
-book: setup
+# The book's execution cache is keyed by the notebooks' code only; a change to the package, a
+# zoo model or a stored result must re-execute them too, so such a change empties the cache.
+BOOK_INPUTS := $(shell find ftcourse benchmarks/results -type f \( -name '*.py' -o -name '*.csv' \
+	-o -name '*.json' -o -name '*.md' -o -name '*.pt' -o -name '*.safetensors' \) -not -path '*/__pycache__/*' -not -path 'benchmarks/results/_*' | sort)
+
+_build/.book-inputs: $(BOOK_INPUTS)
+	rm -rf _build/.jupyter_cache
+	mkdir -p _build && touch $@
+
+book: setup _build/.book-inputs
 	rm -rf _build/html _build/jupyter_execute _build/.doctrees
 	$(BATCH) FTCOURSE_PROFILE=cpu FTCOURSE_REPORT_DIR=$(CURDIR)/_build/reports \
 		$(VENV)/bin/jupyter-book build . -W -n --keep-going

@@ -5,9 +5,9 @@ rates x seeds x budgets x arms does not fit the `cpu` profile's 4-minute budget.
 runs that grid (validation only, no test set), writes every run to
 ``benchmarks/results/lr_selection.csv`` and prints the chosen rates, which go into the profile
 table (``pretraining.lr_selected`` in ``ftcourse/profiles.py``). The notebook plots this CSV as
-its evidence; ``tests/test_benchmarks.py`` checks that the profile holds what the CSV chooses.
+its evidence; ``tests/test_bench.py`` checks that the profile holds what the CSV chooses.
 
-    python benchmarks/select_lr.py            # about 8 minutes on 2 CPU cores
+    python benchmarks/select_lr.py            # about 9 minutes on 2 CPU cores
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ _PRETRAINING = {
         "probe_test_size": 2000,
         "labels_per_class": [5, 20, 100],
         "val_per_class": 40,
-        "lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+        "lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
         # Chosen on validation by benchmarks/select_lr.py (evidence: its CSV, plotted in the
         # notebook); tests/test_bench.py checks that this matches the CSV.
         "lr_selected": {
