@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .memory import count_parameters
+from .precision import autocast
 
 __all__ = [
     "apply_masks",
@@ -160,16 +161,15 @@ def split_frozen(blocks: list[nn.Module]) -> tuple[nn.Sequential, nn.Sequential]
 def precompute(
     bottom: nn.Module, dataset: torch.utils.data.Dataset, device: torch.device | str = "cpu"
 ) -> torch.utils.data.TensorDataset:
-    """``(bottom(x), y)`` for every example, computed once in eval mode (fp32, on the CPU).
+    """``(bottom(x), y)`` for every example, computed once in eval mode without gradients
+    (under :func:`ftcourse.precision.autocast`), stored as fp32 on the CPU.
 
     Taught in chapter 3 (partial fine-tuning).
     """
-    from .precision import autocast
-
     was_training = bottom.training
     bottom.eval()
     xs, ys = [], []
-    with autocast(device):
+    with torch.no_grad(), autocast(device):
         for x, y in torch.utils.data.DataLoader(dataset, batch_size=256):
             xs.append(bottom(x.to(device)).float().cpu())
             ys.append(y)
