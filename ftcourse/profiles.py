@@ -242,11 +242,73 @@ _PARTIAL = {
 # The far target: five MNIST digits, as many classes as the near target (Fashion 5-9).
 _PARTIAL_COMMON = {"sparse_fraction": 0.005, "far_classes": [0, 1, 2, 3, 4], "patience": None}
 
+# Appendix A1: the foundation model. Two feasibility measurements, every arm tuned on
+# validation: gloss classification (probe and fine-tuning, tiny-lm vs random init) and
+# knowledge unlocked by a short SFT (held-out known vs unknown words, tiny-lm vs random init).
+_FOUNDATION = {
+    "smoke": {
+        "model": "tiny-lm",
+        "labels_per_class": [2],
+        "val_per_class": 4,
+        "test_per_class": 5,
+        "lrs": [1e-3],
+        "max_steps": 4,
+        "eval_every": 2,
+        "batch_size": 8,
+        "seeds": [0],
+        "sft_lrs": [1e-3],
+        "sft_max_steps": 4,
+        "sft_eval_every": 2,
+        "sft_val_words": 8,
+        "sft_test_words": 8,
+        "probe_words": 20,
+        "ppl_windows": 20,
+    },
+    "cpu": {
+        "model": "tiny-lm",
+        "labels_per_class": [8, 64],
+        "val_per_class": 20,
+        "test_per_class": 100,
+        "lrs": [3e-4, 1e-3, 3e-3],
+        "max_steps": 120,
+        "eval_every": 20,
+        "batch_size": 32,
+        "seeds": [0, 1, 2],
+        "sft_lrs": [1e-4, 3e-4, 1e-3],
+        "sft_max_steps": 200,
+        "sft_eval_every": 25,
+        "sft_val_words": 72,
+        "sft_test_words": 168,
+        "probe_words": None,
+        "ppl_windows": None,
+    },
+    "gpu": {
+        "model": "tiny-lm",
+        "labels_per_class": [8, 32, 128],
+        "val_per_class": 40,
+        "test_per_class": 100,
+        "lrs": [1e-4, 3e-4, 1e-3, 3e-3],
+        "max_steps": 300,
+        "eval_every": 25,
+        "batch_size": 32,
+        "seeds": [0, 1, 2, 3, 4],
+        "sft_lrs": [3e-5, 1e-4, 3e-4, 1e-3],
+        "sft_max_steps": 400,
+        "sft_eval_every": 25,
+        "sft_val_words": 72,
+        "sft_test_words": 168,
+        "probe_words": None,
+        "ppl_windows": None,
+    },
+}
+_FOUNDATION_COMMON = {"patience": None, "relation": "hypernym", "max_length": 48}
+
 _CHAPTERS = {
     "quickstart": (_QUICKSTART, _QUICKSTART_COMMON),
     "pretraining": (_PRETRAINING, _PRETRAINING_COMMON),
     "full": (_FULL, _FULL_COMMON),
     "partial": (_PARTIAL, _PARTIAL_COMMON),
+    "foundation": (_FOUNDATION, _FOUNDATION_COMMON),
 }
 
 

@@ -135,3 +135,11 @@ def test_budget_fit_kwargs_are_what_fit_steps_takes():
     kwargs = experiments.Budget(max_steps=7, eval_every=3, patience=None, batch_size=4).fit_kwargs()
     assert kwargs == {"max_steps": 7, "eval_every": 3, "patience": None, "batch_size": 4}
     assert set(kwargs) <= set(inspect.signature(fit_steps).parameters)
+
+
+def test_verdict_says_who_is_better_only_when_clear():
+    a, b = np.array([0.8, 0.82, 0.81]), np.array([0.7, 0.71, 0.69])
+    assert experiments.verdict(experiments.paired(a, b), "A", "B").startswith("A beats B clearly")
+    assert experiments.verdict(experiments.paired(b, a), "B", "A").startswith("A beats B clearly")
+    noisy = np.array([0.9, 0.6, 0.75])
+    assert experiments.verdict(experiments.paired(noisy, b), "A", "B").startswith("no clear")

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from ftcourse import data, models
+from ftcourse.data import text
+from ftcourse.lm import encode_corpus, lm_loss
 from ftcourse.memory import count_parameters
-from ftcourse.pretrain import LM_VALIDATION_WORKS, encode_corpus, lm_loss
 from ftcourse.train import evaluate
 
 
@@ -106,17 +107,22 @@ def test_tiny_lm_loads_with_its_tokenizer_and_chat_template():
     chat = tok.apply_chat_template(
         [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
     )
-    assert chat == "<|user|>Hi<|end|><|assistant|>"
-    assert card["metrics"]["val_loss"] < card["metrics"]["val_loss_random_init"] - 2
+    assert chat == "<|user|> Hi<|end|><|assistant|>"
+    m = card["metrics"]
+    for source in ("shakespeare", "austen"):
+        assert m["held_out_loss"][source] < m["held_out_loss_random_init"][source] - 2
+    # Its corpus is written down: every source with its tokens.
+    assert {r["source"] for r in card["corpus"]} == {"shakespeare", "austen", "facts"}
 
 
 def test_tiny_lm_card_loss_is_reproducible():
     loaded = models.load("tiny-lm")
-    works = dict(zip(data.SHAKESPEARE_WORKS, data.load_shakespeare(), strict=True))
-    tokens = encode_corpus(loaded.tokenizer, [works[w] for w in LM_VALIDATION_WORKS])
+    works = text.shakespeare_works()
+    tokens = encode_corpus(loaded.tokenizer, [works[w] for w in text.SHAKESPEARE_HELD_OUT])
     loss = lm_loss(loaded.model, tokens)
-    assert loss == pytest.approx(loaded.card["metrics"]["val_loss"], abs=2e-3)
-    assert math.exp(loss) == pytest.approx(loaded.card["metrics"]["val_perplexity"], rel=0.01)
+    metrics = loaded.card["metrics"]
+    assert loss == pytest.approx(metrics["held_out_loss"]["shakespeare"], abs=2e-3)
+    assert math.exp(loss) == pytest.approx(metrics["held_out_perplexity"]["shakespeare"], rel=0.01)
 
 
 def test_corrupt_weights_name_the_file(tmp_path):

