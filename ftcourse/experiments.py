@@ -210,13 +210,15 @@ def grid_search(
     lrs: Sequence[float],
     budget: Budget,
     device: Any = "cpu",
+    fit: Callable[..., Curve] = fit_steps,
     **keys: Any,
 ) -> list[dict[str, Any]]:
     """Validation accuracy of every arm x learning rate x seed: the evidence for a choice.
 
     Returns one row per run (``arm``, ``lr``, ``seed``, ``val_acc``, ``best_step`` and the
-    ``keys`` given, e.g. ``labels_per_class=5``); no test set is involved. Used by
-    ``benchmarks/select_lr.py`` to choose once what a notebook then reuses (:func:`chosen_lr`).
+    ``keys`` given, e.g. ``labels_per_class=5``); no test set is involved. ``fit`` trains as
+    in :func:`run_arm`. Used by ``benchmarks/select_lr.py`` to choose once what a notebook
+    then reuses (:func:`chosen_lr`).
     """
     rows = []
     for arm, make_model in arms.items():
@@ -225,7 +227,7 @@ def grid_search(
             for lr in lrs:
                 generator = seed_everything(seed)
                 model, _ = _build(make_model, train_set)
-                curve = fit_steps(
+                curve = fit(
                     model,
                     train_set,
                     lr=lr,

@@ -325,7 +325,9 @@ def token_logprobs(
 ) -> Tensor:
     """``[B, T-1]`` log-probabilities of the next tokens.
 
-    Entry ``t`` is log p(ids[t+1] | ids[:t+1]).
+    Entry ``t`` is log p(ids[t+1] | ids[:t+1]). The forward pass runs under
+    :func:`ftcourse.precision.autocast`: in bf16 a padded batch and the same sequence alone
+    agree to ~0.02 nats, in fp32 to ~1e-5.
     """
     device = _device(model)
     input_ids = input_ids.to(device)
@@ -584,6 +586,14 @@ def encode_texts(tokenizer, texts: Sequence[str], max_length: int = 48) -> Tenso
     """Right-padded token ids ``[N, T]`` of plain texts, cut at ``max_length`` tokens."""
     ids = [tokenizer(t)["input_ids"][:max_length] for t in texts]
     return pad(ids, tokenizer.pad_token_id, "right")[0]
+
+
+def classification_dataset(tokenizer, examples, max_length: int = 48):
+    """A ``TensorDataset`` of (right-padded ids ``[N, T]``, labels ``[N]``) from examples with
+    ``.text`` and ``.label`` (e.g. :func:`ftcourse.data.text.gloss_task`), for
+    :class:`Classifier`."""
+    ids = encode_texts(tokenizer, [e.text for e in examples], max_length)
+    return torch.utils.data.TensorDataset(ids, torch.tensor([e.label for e in examples]))
 
 
 class Classifier(nn.Module):

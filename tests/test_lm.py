@@ -66,7 +66,9 @@ def test_masked_loss_equals_a_hand_computed_one(tiny):
     assert abs(everything.item() - loss.item()) > 1e-3
 
 
-def test_sequence_logprobs_equal_the_sum_of_token_logprobs(tiny):
+def test_sequence_logprobs_equal_the_sum_of_token_logprobs(tiny, monkeypatch):
+    # fp32: under bf16 autocast a padded batch and a single sequence differ by ~0.02 nats.
+    monkeypatch.setenv("FTCOURSE_PRECISION", "fp32")
     model, tok = tiny
     batch = lm.collate(tok, PAIRS)  # right-padded: the shorter rows have pads
     got = lm.sequence_logprobs(model, **batch)
