@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
-from ftcourse import lm
+from ftcourse import lm, precision
 from ftcourse.models import build_lm
 from ftcourse.pretrain import lm_data
 
@@ -41,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("FTCOURSE_PRECISION", "fp32")
     _, tokenizer, train_tokens, held_out = lm_data()
+    cpu = precision.cpu_info()
     rows = []
     for name, size in CANDIDATES.items():
         torch.manual_seed(0)
@@ -72,7 +72,7 @@ def main() -> None:
                 f"loss_{s}": round(lm.lm_loss(model, t, max_windows=200), 4)
                 for s, t in held_out.items()
             },
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": f"{cpu.model} ({cpu.cores} cores, {cpu.capability})",
             "precision": os.environ["FTCOURSE_PRECISION"],
         }
         print(row, flush=True)

@@ -1,6 +1,7 @@
 import math
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,3 +167,16 @@ def test_encoded_corpus_is_cached_and_identical(tmp_path, monkeypatch):
     assert torch.equal(first, encode_corpus(tok, texts))  # read back
     assert torch.equal(first, encode_corpus(tok, texts, cache=False))
     assert first[-1] == tok.eos_token_id and (first == tok.eos_token_id).sum() == 2
+
+
+def test_the_introduction_quotes_the_tiny_lm_card():
+    intro = (Path(__file__).parent.parent / "book" / "intro.md").read_text()
+    m = models.load("tiny-lm").card["metrics"]
+    ppl = m["held_out_perplexity"]
+    assert f"*Twelfth Night*): {ppl['shakespeare']:.1f}" in intro
+    assert f"(*Northanger Abbey*): {ppl['austen']:.1f}" in intro
+    probe = m["knowledge_probe"]
+    assert (
+        f"{100 * probe['hypernym_known']:.0f} % of the known nouns and "
+        f"{100 * probe['hypernym_unknown']:.0f} % of the unknown ones" in intro
+    )
