@@ -6,8 +6,11 @@ runs that grid (validation only, no test set), writes every run to
 ``benchmarks/results/lr_selection.csv`` and prints the chosen rates, which go into the profile
 table (``pretraining.lr_selected`` in ``ftcourse/profiles.py``). The notebook plots this CSV as
 its evidence; ``tests/test_bench.py`` checks that the profile holds what the CSV chooses.
+Appendix A1 does the same for its two measurements (gloss classification, knowledge unlocked)
+into ``lr_selection_A1.csv`` and ``foundation.lr_selected``.
 
-    python benchmarks/select_lr.py            # about 9 minutes on 2 CPU cores
+    python benchmarks/select_lr.py            # chapter 1: about 9 minutes on 2 CPU cores
+    python benchmarks/select_lr.py --notebook A1_foundation_model   # about 9 minutes
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ftcourse import data, experiments
 from ftcourse.profiles import get_profile, resolve_device
 
 RESULTS = Path(__file__).parent / "results" / "lr_selection.csv"
+RESULTS_A1 = Path(__file__).parent / "results" / "lr_selection_A1.csv"
 FIELDS = ["notebook", "model", "labels_per_class", "arm", "lr", "seed", "val_acc", "best_step"]
 
 
@@ -51,10 +55,106 @@ def transfer_rows(profile: str, device: torch.device) -> list[dict]:
     return rows
 
 
+def foundation_rows(profile: str, device: torch.device) -> tuple[list[dict], dict]:
+    """Appendix A1: gloss classification (fine-tune vs scratch, every label budget) and the
+    knowledge-unlocking SFT (pretrained vs random init), every seed, every lr."""
+    import copy
+    import functools
+
+    from transformers import AutoModelForCausalLM
+
+    from ftcourse import lm, models
+    from ftcourse.data import text
+
+    cfg = get_profile(profile).section("foundation")
+    base = models.load(cfg["model"])
+    tok, model = base.tokenizer, base.model
+    classes = text.GLOSS_CATEGORIES
+    pool = lm.classification_dataset(tok, text.gloss_task("train")[0], cfg["max_length"])
+    val_pool = lm.classification_dataset(tok, text.gloss_task("validation")[0], cfg["max_length"])
+    arms = {
+        "fine-tune": lambda train: lm.Classifier(
+            copy.deepcopy(model), len(classes), tok.pad_token_id
+        ),
+        "scratch": lambda train: lm.Classifier(
+            AutoModelForCausalLM.from_config(model.config), len(classes), tok.pad_token_id
+        ),
+    }
+    rows = []
+    budget = experiments.Budget.from_profile(cfg)
+    for labels in cfg["labels_per_class"]:
+        start = time.perf_counter()
+        rows += experiments.grid_search(
+            arms,
+            lambda seed, labels=labels: (
+                data.few_label_split(pool, labels, 0, seed=seed)[0],
+                data.few_label_split(val_pool, cfg["val_per_class"], 0, seed=seed)[0],
+            ),
+            seeds=cfg["seeds"],
+            lrs=cfg["lrs"],
+            budget=budget,
+            device=device,
+            notebook="A1_foundation_model",
+            model=cfg["model"],
+            task="gloss",
+            labels_per_class=labels,
+        )
+        print(f"gloss, {labels} labels per class: {time.perf_counter() - start:.0f} s", flush=True)
+    qa = text.fact_qa(cfg["relation"], base.card["seed"])
+    start = time.perf_counter()
+    rows += experiments.grid_search(
+        {
+            "pretrained": lambda train: copy.deepcopy(model),
+            "random init": lambda train: AutoModelForCausalLM.from_config(model.config),
+        },
+        lambda seed: (qa["train"], qa["validation"][: cfg["sft_val_words"]]),
+        seeds=cfg["seeds"],
+        lrs=cfg["sft_lrs"],
+        budget=experiments.Budget(
+            cfg["sft_max_steps"], cfg["sft_eval_every"], None, cfg["batch_size"]
+        ),
+        device=device,
+        fit=functools.partial(lm.sft, tokenizer=tok),
+        notebook="A1_foundation_model",
+        model=cfg["model"],
+        task="unlock",
+        labels_per_class="",
+    )
+    print(f"unlock: {time.perf_counter() - start:.0f} s", flush=True)
+    chosen = {
+        "gloss": {
+            arm: [
+                experiments.chosen_lr(rows, task="gloss", arm=arm, labels_per_class=labels)
+                for labels in cfg["labels_per_class"]
+            ]
+            for arm in ("fine-tune", "scratch")
+        },
+        "unlock": {
+            arm: experiments.chosen_lr(rows, task="unlock", arm=arm)
+            for arm in ("pretrained", "random init")
+        },
+    }
+    return rows, chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
+    parser.add_argument(
+        "--notebook",
+        default="01_pretraining_vs_finetuning",
+        choices=["01_pretraining_vs_finetuning", "A1_foundation_model"],
+    )
     args = parser.parse_args()
+    if args.notebook == "A1_foundation_model":
+        rows, chosen = foundation_rows(args.profile, resolve_device("auto"))
+        fields = ["notebook", "model", "task", *FIELDS[2:]]
+        with open(RESULTS_A1, "w", newline="") as f:
+            writer = csv.DictWriter(f, fields)
+            writer.writeheader()
+            writer.writerows({k: row[k] for k in fields} for row in rows)
+        print(f"wrote {RESULTS_A1}\nput into foundation.lr_selected: {chosen}")
+        return
     rows = transfer_rows(args.profile, resolve_device("auto"))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "w", newline="") as f:

@@ -261,6 +261,7 @@ _FOUNDATION = {
         "sft_eval_every": 2,
         "sft_val_words": 8,
         "sft_test_words": 8,
+        "lr_selected": None,  # None: tune inline on the first seed
         "probe_words": 20,
         "ppl_windows": 20,
     },
@@ -269,18 +270,25 @@ _FOUNDATION = {
         "labels_per_class": [8, 64],
         "val_per_class": 20,
         "test_per_class": 100,
-        "lrs": [3e-4, 1e-3, 3e-3],
-        "max_steps": 120,
-        "eval_every": 20,
+        "lrs": [3e-4, 1e-3, 3e-3, 1e-2],
+        "max_steps": 80,
+        "eval_every": 10,
         "batch_size": 32,
         "seeds": [0, 1, 2],
-        "sft_lrs": [1e-4, 3e-4, 1e-3],
-        "sft_max_steps": 200,
+        "sft_lrs": [3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
+        "sft_max_steps": 150,
         "sft_eval_every": 25,
         "sft_val_words": 72,
         "sft_test_words": 168,
         "probe_words": None,
         "ppl_windows": None,
+        # Chosen on validation by `benchmarks/select_lr.py --notebook A1_foundation_model`
+        # (evidence: benchmarks/results/lr_selection_A1.csv, plotted in the notebook).
+        # Gloss: one rate per label budget; unlock: random init scores <= 0.02 at every rate.
+        "lr_selected": {
+            "gloss": {"fine-tune": [1e-3, 3e-3], "scratch": [3e-3, 1e-3]},
+            "unlock": {"pretrained": 1e-4, "random init": 3e-3},
+        },
     },
     "gpu": {
         "model": "tiny-lm",
@@ -299,9 +307,10 @@ _FOUNDATION = {
         "sft_test_words": 168,
         "probe_words": None,
         "ppl_windows": None,
+        "lr_selected": None,
     },
 }
-_FOUNDATION_COMMON = {"patience": None, "relation": "hypernym", "max_length": 48}
+_FOUNDATION_COMMON = {"patience": None, "relation": "hypernym", "max_length": 32}
 
 _CHAPTERS = {
     "quickstart": (_QUICKSTART, _QUICKSTART_COMMON),

@@ -65,6 +65,25 @@ def test_the_stored_learning_rates_are_what_the_evidence_chooses():
                 assert experiments.chosen_lr(mine, arm=arm, labels_per_class=labels) == lr
 
 
+def test_the_stored_a1_learning_rates_are_what_the_evidence_chooses():
+    """foundation.lr_selected must be the argmax of benchmarks/results/lr_selection_A1.csv."""
+    cfg = PROFILES["cpu"].section("foundation")
+    stored = cfg["lr_selected"]
+    assert stored, "the cpu profile stores A1's choice (benchmarks/select_lr.py)"
+    with open(bench.RESULTS_DIR / "lr_selection_A1.csv") as f:
+        rows = list(csv.DictReader(f))
+    gloss = [r for r in rows if r["task"] == "gloss" and r["model"] == cfg["model"]]
+    unlock = [r for r in rows if r["task"] == "unlock" and r["model"] == cfg["model"]]
+    assert {float(r["lr"]) for r in gloss} == set(cfg["lrs"])
+    assert {float(r["lr"]) for r in unlock} == set(cfg["sft_lrs"])
+    assert {int(r["seed"]) for r in rows} == set(cfg["seeds"])
+    for arm, lrs in stored["gloss"].items():
+        for labels, lr in zip(cfg["labels_per_class"], lrs, strict=True):
+            assert experiments.chosen_lr(gloss, arm=arm, labels_per_class=labels) == lr
+    for arm, lr in stored["unlock"].items():
+        assert experiments.chosen_lr(unlock, arm=arm) == lr
+
+
 def test_expected_runtime_prefers_a_cpu_like_this_one(tmp_path):
     fast = dict(_row("00_x", "cpu", "100", cpu="BF16 CPU"), native_bf16="True")
     slow = _row("00_x", "cpu", "200", cpu="AVX2 CPU")
