@@ -211,9 +211,9 @@ def train_lm(
 ) -> list[float]:
     """Next-token pretraining with AdamW, warm-up and cosine decay; returns the step losses.
 
-    With ``eval_every`` and ``eval_fn`` (called with the model, returns a number) it also
-    records ``(step, eval_fn(model))`` in ``train_lm.evals`` - the validation curve of the
-    model card. The forward pass runs under :func:`ftcourse.precision.autocast`. Chapter 1.
+    With ``eval_every``, ``eval_fn(step, model)`` is called every ``eval_every`` steps (the
+    validation curve of the model card). The forward pass runs under
+    :func:`ftcourse.precision.autocast`. Chapter 1.
     """
     from .train import show_progress
 
@@ -222,7 +222,6 @@ def train_lm(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(num_steps, warmup))
     losses: list[float] = []
-    train_lm.evals = []
     label = progress if isinstance(progress, str) else "pretrain"
     bar = tqdm(
         lm_batches(tokens, num_steps, batch_size, context, generator),
@@ -245,7 +244,7 @@ def train_lm(
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
         if eval_every and eval_fn is not None and len(losses) % eval_every == 0:
-            train_lm.evals.append((len(losses), eval_fn(model)))
+            eval_fn(len(losses), model)
             model.train()
     return losses
 
@@ -400,49 +399,57 @@ def generate(
     ignores a ``torch.Generator``); greedy decoding gives the same answer for a prompt whether
     it is generated alone or in a padded batch (a test checks it).
     """
+    stops = stop_token_ids(tokenizer)
+    out: list[str] = []
+    for row in _new_tokens(
+        model,
+        tokenizer,
+        prompts,
+        chat,
+        max_new_tokens,
+        seed,
+        batch_size,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k or None,
+    ):
+        cut = next((j for j, t in enumerate(row) if t in stops), len(row))
+        out.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+    return out
+
+
+@torch.no_grad()
+def _new_tokens(model, tokenizer, prompts, chat, max_new_tokens, seed, batch_size, **sampling):
+    """The generated token ids of each prompt (left-padded batches), pads and all."""
     model.eval()
     device = _device(model)
     if chat:
         encoded = [encode_chat(tokenizer, p)[0] for p in prompts]
     else:
         encoded = [tokenizer(p)["input_ids"] for p in prompts]
-    stops = stop_token_ids(tokenizer)
+    if not sampling.get("do_sample"):
+        sampling = {"do_sample": False}
     torch.manual_seed(seed)
-    out: list[str] = []
+    rows: list[list[int]] = []
     for i in range(0, len(encoded), batch_size):
         ids, mask = pad(encoded[i : i + batch_size], tokenizer.pad_token_id, "left")
-        kwargs = dict(do_sample=do_sample)
-        if do_sample:
-            kwargs |= dict(temperature=temperature, top_k=top_k or None)
         new = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
-            eos_token_id=stops,
+            eos_token_id=stop_token_ids(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
-            **kwargs,
-        )[:, ids.shape[1] :]
-        for row in new.tolist():
-            cut = next((j for j, t in enumerate(row) if t in stops), len(row))
-            out.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
-    return out
+            **sampling,
+        )
+        rows += new[:, ids.shape[1] :].tolist()
+    return rows
 
 
-def stopped(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24):
+def stopped(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24) -> float:
     """Share of greedy answers that end with a stop token before ``max_new_tokens`` (ch. 6)."""
-    encoded = [encode_chat(tokenizer, p)[0] for p in prompts]
     stops = set(stop_token_ids(tokenizer))
-    ids, mask = pad(encoded, tokenizer.pad_token_id, "left")
-    with torch.no_grad():
-        new = model.eval().generate(
-            input_ids=ids.to(_device(model)),
-            attention_mask=mask.to(_device(model)),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=list(stops),
-            pad_token_id=tokenizer.pad_token_id,
-        )[:, ids.shape[1] :]
-    return sum(any(t in stops for t in row) for row in new.tolist()) / len(prompts)
+    rows = _new_tokens(model, tokenizer, prompts, True, max_new_tokens, 0, 64)
+    return sum(any(t in stops for t in row) for row in rows) / len(prompts)
 
 
 def sample(

@@ -153,14 +153,13 @@ def pretrain_lm(
     model.config.bos_token_id = model.config.eos_token_id = tokenizer.eos_token_id
     loss_start = {s: lm.lm_loss(model, t, max_windows=200) for s, t in held_out.items()}
 
-    eval_seconds = 0.0
+    eval_seconds, evals = 0.0, []
 
-    def curve(m: nn.Module) -> float:
+    def curve(step: int, m: nn.Module) -> None:
         nonlocal eval_seconds
         start = time.perf_counter()
-        loss = lm.lm_loss(m, held_out["shakespeare"], max_windows=100)
+        evals.append((step, round(lm.lm_loss(m, held_out["shakespeare"], max_windows=100), 4)))
         eval_seconds += time.perf_counter() - start
-        return round(loss, 4)
 
     start = time.perf_counter()
     losses = lm.train_lm(
@@ -174,7 +173,6 @@ def pretrain_lm(
         eval_fn=curve,
     )
     seconds = time.perf_counter() - start - eval_seconds  # training only
-    evals = list(lm.train_lm.evals)
     lm.reinit_chat_tokens(model, tokenizer, seed)
     loss_end = {s: lm.lm_loss(model, t) for s, t in held_out.items()}
     probe = knowledge_probe(model, tokenizer, seed)

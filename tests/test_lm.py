@@ -101,33 +101,51 @@ def test_sampling_is_seeded(tiny):
     assert a != lm.generate(model, tok, ["ROMEO."] * 3, seed=2, **kw)
 
 
-def test_lm_loss_is_perplexity_of_a_uniform_model():
-    # A model whose logits are all equal predicts every token with p = 1/V: loss = log V.
-    model = models.build_lm(
+def _small_lm(width: int = 16):
+    return models.build_lm(
         64,
-        hidden_size=16,
-        intermediate_size=32,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=2,
     )
+
+
+def test_lm_loss_is_perplexity_of_a_uniform_model():
+    # A model whose logits are all equal predicts every token with p = 1/V: loss = log V.
+    model = _small_lm()
     torch.nn.init.zeros_(model.lm_head.weight)
     tokens = torch.randint(0, 64, (1000,), generator=torch.Generator().manual_seed(0))
     assert lm.lm_loss(model, tokens, context=32) == pytest.approx(math.log(64), abs=1e-5)
 
 
 def test_train_lm_lowers_the_loss_of_a_repeated_text():
-    model = models.build_lm(
-        64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
+    model = _small_lm(32)
     tokens = torch.arange(20).repeat(50)
     before = lm.lm_loss(model, tokens, context=16)
     losses = lm.train_lm(
         model, tokens, num_steps=60, lr=1e-2, batch_size=8, context=16, warmup=5, progress=False
     )
     assert lm.lm_loss(model, tokens, context=16) < before / 3 and len(losses) == 60
+
+
+def test_sft_teaches_the_model_to_stop(tiny):
+    import copy
+
+    model, tok = tiny
+    prompts = [f"Say the word {w}." for w in ("night", "love", "king", "sword", "crown", "rose")]
+    before = lm.stopped(model, tok, prompts, max_new_tokens=8)
+    tuned = copy.deepcopy(model)
+    curve = lm.sft(
+        tuned,
+        [(p, p.split()[-1].rstrip(".")) for p in prompts],
+        tokenizer=tok,
+        lr=3e-3,
+        max_steps=30,
+        batch_size=6,
+        val_set=None,
+    )
+    assert curve.steps_run == 30 and not curve.step  # no validation set: no checkpoints
+    after = lm.stopped(tuned, tok, prompts, max_new_tokens=8)
+    assert after >= 0.8 and after > before  # the base model stops only by chance
