@@ -180,3 +180,13 @@ def test_the_introduction_quotes_the_tiny_lm_card():
         f"{100 * probe['hypernym_known']:.0f} % of the known nouns and "
         f"{100 * probe['hypernym_unknown']:.0f} % of the unknown ones" in intro
     )
+
+
+def test_tiny_lm_chat_tokens_stay_distinguishable():
+    # Unused during pretraining, they would collapse to one vector (cosine ~0.999); the recipe
+    # re-initialises them, so <|user|>, <|assistant|> and <|end|> mean different things to SFT.
+    loaded = models.load("tiny-lm")
+    ids = loaded.tokenizer.convert_tokens_to_ids(["<|user|>", "<|assistant|>", "<|end|>"])
+    emb = torch.nn.functional.normalize(loaded.model.get_input_embeddings().weight[ids], dim=1)
+    cosine = emb @ emb.T
+    assert cosine[~torch.eye(3, dtype=torch.bool)].abs().max() < 0.5
