@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .precision import autocast
+from .train import Curve, cosine_schedule, show_progress
 
 IGNORE = -100
 """Label value that takes no loss (PyTorch's ``cross_entropy`` default ``ignore_index``)."""
@@ -182,18 +182,6 @@ def lm_loss(
     return total / count
 
 
-def cosine_schedule(num_steps: int, warmup: int, floor: float = 0.1):
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` x the peak lr."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, num_steps - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def train_lm(
     model: nn.Module,
     tokens: Tensor,
@@ -215,12 +203,11 @@ def train_lm(
     validation curve of the model card). The forward pass runs under
     :func:`ftcourse.precision.autocast`. Chapter 1.
     """
-    from .train import show_progress
-
     generator = generator or torch.Generator().manual_seed(0)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(num_steps, warmup))
+    schedule = cosine_schedule(num_steps, warmup=warmup, floor=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     losses: list[float] = []
     label = progress if isinstance(progress, str) else "pretrain"
     bar = tqdm(
@@ -529,9 +516,6 @@ def sft(
     """
     import time
 
-    from .train import Curve, show_progress
-    from .train import cosine_schedule as step_schedule
-
     if not train_set:
         raise ValueError("no training pairs")
     if device is not None:
@@ -540,7 +524,7 @@ def sft(
     if not params:
         raise ValueError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, step_schedule(max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(max_steps))
     generator = generator or torch.Generator().manual_seed(0)
     curve, order, best_state, seconds, losses = Curve(lr=lr), [], None, 0.0, []
 

@@ -278,16 +278,24 @@ def fit(
     return history
 
 
-def cosine_schedule(num_steps: int, warmup_fraction: float = 0.05) -> Callable[[int], float]:
-    """Learning-rate factor per step: linear warm-up, then a cosine from 1 to 0 at ``num_steps``."""
-    warmup = max(1, round(warmup_fraction * num_steps))
+def cosine_schedule(
+    num_steps: int,
+    warmup_fraction: float = 0.05,
+    *,
+    warmup: int | None = None,
+    floor: float = 0.0,
+) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up, then a cosine from 1 to ``floor`` at
+    ``num_steps``. The warm-up lasts ``warmup`` steps, or ``warmup_fraction`` of the steps
+    (at least one). ``floor=0.1`` is the pretraining recipe of :func:`ftcourse.lm.train_lm`."""
+    if warmup is None:
+        warmup = max(1, round(warmup_fraction * num_steps))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (
-            1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, num_steps - warmup)))
-        )
+        progress = min(1.0, (step - warmup) / max(1, num_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 

@@ -153,3 +153,11 @@ def test_linear_probe_separates_separable_features():
     assert linear_probe((noise[:100], y[:100]), (noise[100:], y[100:])) < 0.75
     feats, labels = features(models.build_cnn(2), _toy_task(10))
     assert feats.shape == (10, 256) and labels.tolist() == (torch.arange(10) % 2).tolist()
+
+
+def test_cosine_schedule_with_a_floor_ends_there():
+    from ftcourse.train import cosine_schedule
+
+    f = cosine_schedule(200, warmup=10, floor=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(200) == pytest.approx(0.1) and 0.1 < f(100) < 1.0
