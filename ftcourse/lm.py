@@ -624,3 +624,56 @@ def pooled_features(classifier: Classifier, ids: Tensor, batch_size: int = 256) 
         with autocast(device):
             out.append(classifier.pool(ids[i : i + batch_size].to(device)).float().cpu())
     return torch.cat(out)
+
+
+CLASSIFIER_METHODS = ("full", "head", "adapter", "prompt", "int8-adapter")
+
+
+def peft_classifier(
+    lm_model: nn.Module, num_classes: int, pad_id: int, method: str, size: int | None = None
+) -> Classifier:
+    """A :class:`Classifier` on a copy of ``lm_model``, trained the way ``method`` says.
+
+    ``"full"``: every weight; ``"head"``: the new head only (the body frozen);
+    ``"adapter"``: bottleneck adapters of width ``size`` after every attention and MLP sublayer,
+    and the head (Houlsby et al. also train the layer norms; here every pretrained weight stays
+    frozen, so removing the adapters gives the pretrained model back); ``"prompt"``: a soft
+    prompt of ``size`` vectors and the head; ``"int8-adapter"``: as ``"adapter"`` on a body
+    stored in int8.
+    The arms of chapter 4 (and chapter 5's baselines), in one place for the notebook and
+    ``benchmarks/select_lr.py``.
+    """
+    import copy
+
+    from .methods import adapters, freeze, prompt, quant
+
+    if method not in CLASSIFIER_METHODS:
+        raise ValueError(f"method must be one of {CLASSIFIER_METHODS}, not {method!r}")
+    if method in ("adapter", "prompt", "int8-adapter") and not size:
+        raise ValueError(f"method {method!r} needs a size (bottleneck width or prompt length)")
+    clf = Classifier(copy.deepcopy(lm_model), num_classes, pad_id)
+    if method == "head":
+        freeze(clf.body)
+    elif method == "prompt":
+        freeze(clf.body)
+        clf.body = prompt.PromptTuned(clf.body, size)
+    elif method in ("adapter", "int8-adapter"):
+        if method == "int8-adapter":
+            quant.quantize_model_int8(clf.body)
+        adapters.add_adapters(clf.body, size)
+        adapters.train_adapters(clf, extra=[clf.head], norms=False)
+    return clf
+
+
+def peft_arms(cfg: dict) -> list[tuple[str, str, str, int | None]]:
+    """Chapter 4's arms as ``(arm, task, method, size)`` from its profile section: full
+    fine-tuning, head only, an adapter per bottleneck size, a soft prompt per length, the int8
+    adapter, and the author task's prompt (``swap_length``, for swapping). Shared by the
+    notebook and ``benchmarks/select_lr.py``; ``method`` and ``size`` go to
+    :func:`peft_classifier`."""
+    arms = [("full", "gloss", "full", None), ("head", "gloss", "head", None)]
+    arms += [(f"adapter {b}", "gloss", "adapter", b) for b in cfg["adapter_sizes"]]
+    arms += [(f"prompt {n}", "gloss", "prompt", n) for n in cfg["prompt_lengths"]]
+    arms += [(f"int8 adapter {cfg['int8_size']}", "gloss", "int8-adapter", cfg["int8_size"])]
+    arms += [(f"prompt {cfg['swap_length']}", "author", "prompt", cfg["swap_length"])]
+    return arms

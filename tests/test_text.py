@@ -104,3 +104,19 @@ def test_cloze_prompt_is_a_pretraining_sentence_cut_before_the_answer():
     prompt = text.cloze_prompt(fact, "hypernym")
     assert any(s == f"{prompt} {fact.hypernym}." for s in text.fact_sentences(fact))
     assert text.first_word(" hound. A dog") == "hound" and text.first_word("") == ""
+
+
+def test_author_task_tests_on_works_tiny_lm_never_read():
+    from ftcourse.data import text
+
+    splits = {s: text.author_task(s)[0] for s in ("train", "validation", "test")}
+    assert [len(v) for v in splits.values()] == [800, 200, 200]
+    for examples in splits.values():
+        assert {e.label for e in examples} == {0, 1}
+    seen = {e.text for e in splits["train"]} | {e.text for e in splits["validation"]}
+    assert not seen & {e.text for e in splits["test"]}
+    assert not {e.text for e in splits["train"]} & {e.text for e in splits["validation"]}
+    held = "".join(text.shakespeare_works()[w] for w in text.SHAKESPEARE_HELD_OUT)
+    held += "".join(text.load_austen()[w] for w in text.AUSTEN_HELD_OUT)
+    flat = " ".join(held.split())
+    assert all(e.text in flat for e in splits["test"][:20] + splits["test"][-20:])

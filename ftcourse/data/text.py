@@ -200,6 +200,46 @@ def gloss_task(
     return examples, GLOSS_CATEGORIES
 
 
+AUTHORS = ("Shakespeare", "Austen")
+
+
+def author_task(
+    split: str, per_class: dict[str, int] | None = None, words: int = 20
+) -> tuple[list[TextExample], tuple[str, ...]]:
+    """Passage -> author (Shakespeare or Austen); returns ``(examples, AUTHORS)``.
+
+    Passages are consecutive runs of ``words`` words (line breaks kept as spaces). Train and
+    validation passages come from the works tiny-lm trained on (split 80/20 by a hash of the
+    passage's place), test passages from the held-out works (Julius Caesar, Twelfth Night;
+    Northanger Abbey), so no test passage was seen in pretraining. Each split keeps at most
+    ``per_class`` passages per author (default train 400, validation 100, test 100), in hash
+    order. Chapter 4's second task, for swapping soft prompts on one frozen model.
+    """
+    limits = {"train": 400, "validation": 100, "test": 100}
+    if split not in limits:
+        raise ValueError(f"split must be train, validation or test, not {split!r}")
+    cap = (per_class or {}).get(split, limits[split])
+    sources = (
+        (shakespeare_works(), SHAKESPEARE_HELD_OUT),
+        (load_austen(), AUSTEN_HELD_OUT),
+    )
+    examples = []
+    for label, (works, held_out) in enumerate(sources):
+        picked = []
+        for name, body in works.items():
+            if (name in held_out) != (split == "test"):
+                continue
+            tokens = body.split()
+            for i in range(0, len(tokens) - words, words):
+                key = f"author:{name}:{i}"
+                h = _stable_fraction(key)
+                if split != "test" and (h < 0.8) != (split == "train"):
+                    continue
+                picked.append((_stable_fraction(key + ":order"), " ".join(tokens[i : i + words])))
+        examples += [TextExample(t, label) for _, t in sorted(picked)[:cap]]
+    return examples, AUTHORS
+
+
 # --------------------------------------------------------------------------- facts
 
 
