@@ -31,7 +31,7 @@ help:
 	@echo "make run NB=notebooks/00_quickstart.ipynb PROFILE=cpu   execute one notebook"
 	@echo "make doctor  check versions, CPU and bf16, a speed probe, datasets and zoo models"
 	@echo "make bench   time the notebooks (smoke, cpu), fit vs bare loop vs HF Trainer, LM throughput, SmolLM2"
-	@echo "make select-lr  re-choose chapter 1's and A1's learning rates on validation (benchmarks/select_lr.py)"
+	@echo "make select-lr  re-choose chapter 1's, A1's and chapter 4's learning rates on validation (benchmarks/select_lr.py)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,7 @@ bench: setup
 select-lr: setup
 	$(BATCH) $(PY) benchmarks/select_lr.py
 	$(BATCH) $(PY) benchmarks/select_lr.py --notebook A1_foundation_model
+	$(BATCH) $(PY) benchmarks/select_lr.py --notebook 04_additive
 
 clean:
 	rm -rf _build

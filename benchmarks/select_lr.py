@@ -7,10 +7,12 @@ runs that grid (validation only, no test set), writes every run to
 table (``pretraining.lr_selected`` in ``ftcourse/profiles.py``). The notebook plots this CSV as
 its evidence; ``tests/test_bench.py`` checks that the profile holds what the CSV chooses.
 Appendix A1 does the same for its two measurements (gloss classification, knowledge unlocked)
-into ``lr_selection_A1.csv`` and ``foundation.lr_selected``.
+into ``lr_selection_A1.csv`` and ``foundation.lr_selected``; chapter 4 for each of its arms
+into ``lr_selection_04.csv`` and ``additive.lr_selected``.
 
     python benchmarks/select_lr.py            # chapter 1: about 9 minutes on 2 CPU cores
     python benchmarks/select_lr.py --notebook A1_foundation_model   # about 9 minutes
+    python benchmarks/select_lr.py --notebook 04_additive           # about 15 minutes
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ftcourse.profiles import get_profile, resolve_device
 
 RESULTS = Path(__file__).parent / "results" / "lr_selection.csv"
 RESULTS_A1 = Path(__file__).parent / "results" / "lr_selection_A1.csv"
+RESULTS_04 = Path(__file__).parent / "results" / "lr_selection_04.csv"
 FIELDS = ["notebook", "model", "labels_per_class", "arm", "lr", "seed", "val_acc", "best_step"]
 
 
@@ -137,15 +140,74 @@ def foundation_rows(profile: str, device: torch.device) -> tuple[list[dict], dic
     return rows, chosen
 
 
+def additive_rows(profile: str, device: torch.device) -> tuple[list[dict], dict]:
+    """Chapter 4: every arm (full, head, adapters, prompts, int8 adapter; the author task's
+    prompt) on every seed and learning rate of its grid, validation only."""
+    from ftcourse import lm, models
+    from ftcourse.data import text
+
+    cfg = get_profile(profile).section("additive")
+    base = models.load(cfg["model"])
+    tok, model = base.tokenizer, base.model
+    tasks = {}
+    for task, load in (("gloss", text.gloss_task), ("author", text.author_task)):
+        (train, classes), (val, _) = load("train"), load("validation")
+        tasks[task] = (
+            len(classes),
+            lm.classification_dataset(tok, train, cfg["max_length"]),
+            lm.classification_dataset(tok, val, cfg["max_length"]),
+        )
+    labels = {"gloss": cfg["labels_per_class"], "author": cfg["author_per_class"]}
+    budget = experiments.Budget.from_profile(cfg)
+    rows = []
+    for arm, task, method, size in lm.peft_arms(cfg):
+        start = time.perf_counter()
+        num_classes, pool, val_pool = tasks[task]
+        rows += experiments.grid_search(
+            {
+                arm: lambda train, m=method, s=size, c=num_classes: lm.peft_classifier(
+                    model, c, tok.pad_token_id, m, s
+                )
+            },
+            lambda seed, pool=pool, val_pool=val_pool, n=labels[task]: (
+                data.few_label_split(pool, n, 0, seed=seed)[0],
+                data.few_label_split(val_pool, cfg["val_per_class"], 0, seed=seed)[0],
+            ),
+            seeds=cfg["seeds"],
+            lrs=cfg["lrs"]["adapter" if method == "int8-adapter" else method],
+            budget=budget,
+            device=device,
+            notebook="04_additive",
+            model=cfg["model"],
+            task=task,
+            labels_per_class=labels[task],
+        )
+        print(f"{task} {arm}: {time.perf_counter() - start:.0f} s", flush=True)
+    chosen = {
+        f"{task}/{arm}": experiments.chosen_lr(rows, task=task, arm=arm)
+        for arm, task, _, _ in lm.peft_arms(cfg)
+    }
+    return rows, chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument(
         "--notebook",
         default="01_pretraining_vs_finetuning",
-        choices=["01_pretraining_vs_finetuning", "A1_foundation_model"],
+        choices=["01_pretraining_vs_finetuning", "A1_foundation_model", "04_additive"],
     )
     args = parser.parse_args()
+    if args.notebook == "04_additive":
+        rows, chosen = additive_rows(args.profile, resolve_device("auto"))
+        fields = ["notebook", "model", "task", *FIELDS[2:]]
+        with open(RESULTS_04, "w", newline="") as f:
+            writer = csv.DictWriter(f, fields)
+            writer.writeheader()
+            writer.writerows({k: row[k] for k in fields} for row in rows)
+        print(f"wrote {RESULTS_04}\nput into additive.lr_selected: {chosen}")
+        return
     if args.notebook == "A1_foundation_model":
         rows, chosen = foundation_rows(args.profile, resolve_device("auto"))
         fields = ["notebook", "model", "task", *FIELDS[2:]]

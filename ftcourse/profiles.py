@@ -312,12 +312,105 @@ _FOUNDATION = {
 }
 _FOUNDATION_COMMON = {"patience": None, "relation": "hypernym", "max_length": 32}
 
+# Chapter 4: memory of full fine-tuning, bottleneck adapters, prompt tuning, on the gloss task
+# (tiny-lm, A1's task) with one label budget; every arm tuned on validation.
+_ADDITIVE = {
+    "smoke": {
+        "model": "tiny-lm",
+        "labels_per_class": 2,
+        "val_per_class": 4,
+        "test_per_class": 5,
+        "max_steps": 4,
+        "eval_every": 2,
+        "seeds": [0],
+        "adapter_sizes": [2, 8],
+        "prompt_lengths": [1, 4],
+        "lrs": {"full": [1e-3], "head": [1e-2], "adapter": [3e-3], "prompt": [1e-2]},
+        "lr_selected": None,  # None: tune inline on the first seed
+        "memory_settings": [[1, 16], [4, 32]],
+        "timing_steps": 2,
+        "ppl_windows": 8,
+        "author_per_class": 4,
+        "whatif_models": ["tiny-lm"],
+    },
+    "cpu": {
+        "model": "tiny-lm",
+        "labels_per_class": 64,
+        "val_per_class": 20,
+        "test_per_class": 100,
+        "max_steps": 100,
+        "eval_every": 20,
+        "seeds": [0, 1, 2],
+        "adapter_sizes": [2, 8, 32],
+        "prompt_lengths": [1, 4, 16],
+        # A first grid one step lower chose the top rate for full, adapter 2 and prompt 1: the
+        # grids were moved up so that every choice can be an interior one.
+        "lrs": {
+            "full": [3e-4, 1e-3, 3e-3, 1e-2],
+            "head": [3e-3, 1e-2, 3e-2, 1e-1],
+            "adapter": [3e-3, 1e-2, 3e-2, 1e-1],
+            "prompt": [1e-2, 3e-2, 1e-1, 3e-1],
+        },
+        # Chosen on validation by `benchmarks/select_lr.py --notebook 04_additive` (evidence:
+        # benchmarks/results/lr_selection_04.csv, plotted in the notebook); one rate per arm.
+        "lr_selected": {
+            "gloss/full": 3e-3,
+            "gloss/head": 3e-2,
+            "gloss/adapter 2": 3e-2,
+            "gloss/adapter 8": 1e-2,
+            "gloss/adapter 32": 1e-2,
+            "gloss/prompt 1": 1e-1,
+            "gloss/prompt 4": 3e-2,
+            "gloss/prompt 16": 1e-2,
+            "gloss/int8 adapter 8": 1e-2,
+            "author/prompt 4": 1e-1,
+        },
+        "memory_settings": [[1, 32], [8, 32], [8, 128], [16, 128]],
+        "timing_steps": 12,
+        "ppl_windows": 100,
+        "author_per_class": 100,
+        "whatif_models": ["smollm2-135m", "llama-7b"],
+    },
+    "gpu": {
+        "model": "smollm2-135m",
+        "labels_per_class": 64,
+        "val_per_class": 20,
+        "test_per_class": 100,
+        "max_steps": 300,
+        "eval_every": 25,
+        "seeds": [0, 1, 2],
+        "adapter_sizes": [4, 16, 64],
+        "prompt_lengths": [4, 16, 32],
+        "lrs": {
+            "full": [1e-5, 3e-5, 1e-4],
+            "head": [1e-3, 3e-3, 1e-2],
+            "adapter": [3e-4, 1e-3, 3e-3],
+            "prompt": [1e-3, 3e-3, 1e-2, 3e-2],
+        },
+        "lr_selected": None,
+        "memory_settings": [[1, 128], [8, 128], [8, 512], [32, 512]],
+        "timing_steps": 20,
+        "ppl_windows": 200,
+        "author_per_class": 100,
+        "whatif_models": ["smollm2-135m", "llama-7b"],
+    },
+}
+_ADDITIVE_COMMON = {"patience": None, "batch_size": 16, "max_length": 32}
+# The soft-prompt length of the two tasks that share one frozen model (section 5): one of
+# prompt_lengths, so the gloss task's run is reused.
+# int8_size: the bottleneck of the reference adapter (the int8 backbone, the timing, what PEFT
+# protects), one of adapter_sizes.
+_ADDITIVE_SWAP = {"smoke": (1, 8), "cpu": (4, 8), "gpu": (16, 16)}
+for _profile, (_length, _size) in _ADDITIVE_SWAP.items():
+    _ADDITIVE[_profile].update(swap_length=_length, int8_size=_size)
+
 _CHAPTERS = {
     "quickstart": (_QUICKSTART, _QUICKSTART_COMMON),
     "pretraining": (_PRETRAINING, _PRETRAINING_COMMON),
     "full": (_FULL, _FULL_COMMON),
     "partial": (_PARTIAL, _PARTIAL_COMMON),
     "foundation": (_FOUNDATION, _FOUNDATION_COMMON),
+    "additive": (_ADDITIVE, _ADDITIVE_COMMON),
 }
 
 

@@ -84,6 +84,26 @@ def test_the_stored_a1_learning_rates_are_what_the_evidence_chooses():
         assert experiments.chosen_lr(unlock, arm=arm) == lr
 
 
+def test_the_stored_chapter4_learning_rates_are_what_the_evidence_chooses():
+    """additive.lr_selected must be the argmax of benchmarks/results/lr_selection_04.csv, for
+    every arm of the notebook, over the profile's grid and seeds."""
+    from ftcourse import lm
+
+    cfg = PROFILES["cpu"].section("additive")
+    stored = cfg["lr_selected"]
+    assert stored, "the cpu profile stores chapter 4's choice (benchmarks/select_lr.py)"
+    with open(bench.RESULTS_DIR / "lr_selection_04.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == cfg["model"]]
+    assert {int(r["seed"]) for r in rows} == set(cfg["seeds"])
+    arms = lm.peft_arms(cfg)
+    assert set(stored) == {f"{task}/{arm}" for arm, task, _, _ in arms}
+    for arm, task, method, _ in arms:
+        mine = [r for r in rows if r["task"] == task and r["arm"] == arm]
+        grid = cfg["lrs"]["adapter" if method == "int8-adapter" else method]
+        assert {float(r["lr"]) for r in mine} == set(grid), f"{task}/{arm}: the profile's grid"
+        assert experiments.chosen_lr(mine, arm=arm) == stored[f"{task}/{arm}"]
+
+
 def test_expected_runtime_prefers_a_cpu_like_this_one(tmp_path):
     fast = dict(_row("00_x", "cpu", "100", cpu="BF16 CPU"), native_bf16="True")
     slow = _row("00_x", "cpu", "200", cpu="AVX2 CPU")

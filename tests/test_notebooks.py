@@ -91,9 +91,46 @@ EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
         "steps_near": (1, 1e5),
         "steps_far": (1, 1e5),
     },
+    "04_additive": {
+        "weights_bytes": (1e5, 1e12),
+        "grad_bytes": (1e4, 1e12),
+        "optimizer_bytes": (1e4, 1e12),
+        "activation_bytes": (1e3, 1e12),
+        "full_ft_peak_bytes": (1e5, 1e13),
+        "full_ft_peak_over_weights": (3.0, 1e3),  # weights + grads + 2 AdamW moments, at least
+        "adapter_peak_bytes": (1e5, 1e13),
+        "estimate_error": (0.0, 1.0),
+        "adapter_sizes": (1, 1e4),
+        "adapter_acc": UNIT,
+        "adapter_acc_std": UNIT,
+        "adapter_trainable_fraction": (0.0, 0.5),
+        "full_acc": UNIT,
+        "full_acc_std": UNIT,
+        "head_only_acc": UNIT,
+        "prompt_lengths": (1, 1e3),
+        "prompt_acc": UNIT,
+        "prompt_swap_acc_a": UNIT,
+        "prompt_swap_acc_b": UNIT,
+        "prompt_peft_max_abs_diff": (0.0, 1e-6),
+        "adapter_init_max_abs_diff": (0.0, 0.0),
+        "ppl_before": (1.0, 1e4),
+        "ppl_after_full": (1.0, 1e6),
+        "ppl_after_adapter": (1.0, 1e4),
+        "int8_backbone_bytes": (1e4, 1e12),
+        "int8_adapter_acc": UNIT,
+        "sec_per_step_full": (0.0, 100.0),
+        "sec_per_step_adapter": (0.0, 100.0),
+    },
 }
 # Lists that must be strictly ascending, and groups of lists that must have equal lengths.
-ASCENDING = {"labels_per_class", "lrs", "unfrozen_blocks", "trainable_params"}
+ASCENDING = {
+    "labels_per_class",
+    "lrs",
+    "unfrozen_blocks",
+    "trainable_params",
+    "adapter_sizes",
+    "prompt_lengths",
+}
 ALIGNED = {
     "01_pretraining_vs_finetuning": [
         "labels_per_class",
@@ -120,6 +157,12 @@ ALIGNED = {
         "source_acc_after_refit",
     ],
     "03_partial_finetuning": ["unfrozen_blocks", "near_acc", "far_acc", "trainable_params"],
+    "04_additive": [
+        "adapter_sizes",
+        "adapter_acc",
+        "adapter_acc_std",
+        "adapter_trainable_fraction",
+    ],
 }
 # Markdown may cite a run's numbers only through glue roles: a decimal number or a
 # percentage typed into the prose is a number from some other run.
