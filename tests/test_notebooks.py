@@ -219,6 +219,21 @@ def test_no_result_is_typed_into_the_prose(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_glued_numbers_have_valid_format_specs(path):
+    """``{glue:text}`name:spec``` must be a format spec a number accepts (a typo such as
+    ``.1f}`` only fails when the book is built)."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for name, spec in re.findall(r"\{glue:text\}`(\w+):([^`]*)`", cell.source):
+            try:
+                format(1234.5678 if spec.endswith(("f", "%", "e", "g")) else 1234, spec)
+            except ValueError as err:
+                raise AssertionError(f"{path.stem}: {name}:{spec}: {err}") from None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_solutions_with_code_run_as_cells(path):
     """Code in a solution is a real cell between solution-start and solution-end, so every
     run of the notebook (smoke included) executes it; dropdown solutions hold prose only."""
