@@ -190,6 +190,15 @@ def additive_rows(profile: str, device: torch.device) -> tuple[list[dict], dict]
     return rows, chosen
 
 
+def write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """Write the grid's rows (only ``fields``, in that order) as CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in fields} for row in rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
@@ -199,30 +208,19 @@ def main() -> None:
         choices=["01_pretraining_vs_finetuning", "A1_foundation_model", "04_additive"],
     )
     args = parser.parse_args()
-    if args.notebook == "04_additive":
-        rows, chosen = additive_rows(args.profile, resolve_device("auto"))
-        fields = ["notebook", "model", "task", *FIELDS[2:]]
-        with open(RESULTS_04, "w", newline="") as f:
-            writer = csv.DictWriter(f, fields)
-            writer.writeheader()
-            writer.writerows({k: row[k] for k in fields} for row in rows)
-        print(f"wrote {RESULTS_04}\nput into additive.lr_selected: {chosen}")
+    device = resolve_device("auto")
+    with_task = ["notebook", "model", "task", *FIELDS[2:]]
+    if args.notebook in ("A1_foundation_model", "04_additive"):
+        rows_of, path, key = {
+            "A1_foundation_model": (foundation_rows, RESULTS_A1, "foundation"),
+            "04_additive": (additive_rows, RESULTS_04, "additive"),
+        }[args.notebook]
+        rows, chosen = rows_of(args.profile, device)
+        write_rows(path, rows, with_task)
+        print(f"wrote {path}\nput into {key}.lr_selected: {chosen}")
         return
-    if args.notebook == "A1_foundation_model":
-        rows, chosen = foundation_rows(args.profile, resolve_device("auto"))
-        fields = ["notebook", "model", "task", *FIELDS[2:]]
-        with open(RESULTS_A1, "w", newline="") as f:
-            writer = csv.DictWriter(f, fields)
-            writer.writeheader()
-            writer.writerows({k: row[k] for k in fields} for row in rows)
-        print(f"wrote {RESULTS_A1}\nput into foundation.lr_selected: {chosen}")
-        return
-    rows = transfer_rows(args.profile, resolve_device("auto"))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows({k: row[k] for k in FIELDS} for row in rows)
+    rows = transfer_rows(args.profile, device)
+    write_rows(RESULTS, rows, FIELDS)
     cfg = get_profile(args.profile).section("pretraining")
     chosen = {
         arm: [
