@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ._surgery import modules_named, replace_module
 from .partial import freeze
 
 # The output projection of each transformer sublayer, for the model families the course uses:
@@ -106,22 +107,16 @@ def add_adapters(
     """
     if any(isinstance(m, Adapted) for m in model.modules()):
         raise ValueError("the model already has adapters; remove_adapters(model) first")
-    names = [
-        name
-        for name, _ in model.named_modules()
-        if name and any(name == t or name.endswith("." + t) for t in targets)
-    ]
+    names = modules_named(model, targets)
     if not names:
         raise ValueError(f"no module of the model is named like {list(targets)}")
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        base = getattr(parent, child)
+        base = model.get_submodule(name)
         weight = next(t for t in (*base.parameters(), *base.buffers()) if t.is_floating_point())
         adapter = BottleneckAdapter(
             _output_dim(base), bottleneck, activation, device=weight.device, dtype=weight.dtype
         )
-        setattr(parent, child, Adapted(base, adapter))
+        replace_module(model, name, Adapted(base, adapter))
     return names
 
 
@@ -132,9 +127,7 @@ def remove_adapters(model: nn.Module) -> int:
     removed = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, Adapted):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.base)
+            replace_module(model, name, module.base)
             removed += 1
     return removed
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._surgery import replace_module
+
 __all__ = ["Int8Embedding", "Int8Linear", "dequantize_int8", "quantize_int8", "quantize_model_int8"]
 
 
@@ -76,10 +78,8 @@ def quantize_model_int8(model: nn.Module) -> int:
     replaced = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear | nn.Embedding):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
             new = Int8Linear(module) if isinstance(module, nn.Linear) else Int8Embedding(module)
-            setattr(parent, child, new.to(module.weight.device))
+            replace_module(model, name, new.to(module.weight.device))
             replaced += 1
     for p in model.parameters():
         p.requires_grad_(False)
