@@ -626,11 +626,25 @@ def pooled_features(classifier: Classifier, ids: Tensor, batch_size: int = 256) 
     return torch.cat(out)
 
 
-CLASSIFIER_METHODS = ("full", "head", "adapter", "prompt", "int8-adapter")
+CLASSIFIER_METHODS = (
+    "full",
+    "head",
+    "adapter",
+    "prompt",
+    "int8-adapter",
+    "lora",
+    "lora-all",
+    "qlora",
+)
 
 
 def peft_classifier(
-    lm_model: nn.Module, num_classes: int, pad_id: int, method: str, size: int | None = None
+    lm_model: nn.Module,
+    num_classes: int,
+    pad_id: int,
+    method: str,
+    size: int | None = None,
+    alpha: float | None = None,
 ) -> Classifier:
     """A :class:`Classifier` on a copy of ``lm_model``, trained the way ``method`` says.
 
@@ -639,18 +653,20 @@ def peft_classifier(
     and the head (Houlsby et al. also train the layer norms; here every pretrained weight stays
     frozen, so removing the adapters gives the pretrained model back); ``"prompt"``: a soft
     prompt of ``size`` vectors and the head; ``"int8-adapter"``: as ``"adapter"`` on a body
-    stored in int8.
-    The arms of chapter 4 (and chapter 5's baselines), in one place for the notebook and
+    stored in int8; ``"lora"``: LoRA of rank ``size`` (scale ``alpha / size``) on the attention's
+    query and value projections, and the head; ``"lora-all"``: LoRA on every linear layer of the
+    blocks; ``"qlora"``: ``"lora"`` on a body whose linear layers are stored in NF4 with double
+    quantization. The arms of chapters 4 and 5, in one place for the notebooks and
     ``benchmarks/select_lr.py``.
     """
     import copy
 
-    from .methods import adapters, freeze, prompt, quant
+    from .methods import adapters, freeze, lora, prompt, quant
 
     if method not in CLASSIFIER_METHODS:
         raise ValueError(f"method must be one of {CLASSIFIER_METHODS}, not {method!r}")
-    if method in ("adapter", "prompt", "int8-adapter") and not size:
-        raise ValueError(f"method {method!r} needs a size (bottleneck width or prompt length)")
+    if method not in ("full", "head") and not size:
+        raise ValueError(f"method {method!r} needs a size (bottleneck, prompt length or rank)")
     clf = Classifier(copy.deepcopy(lm_model), num_classes, pad_id)
     if method == "head":
         freeze(clf.body)
@@ -662,6 +678,12 @@ def peft_classifier(
             quant.quantize_model_int8(clf.body)
         adapters.add_adapters(clf.body, size)
         adapters.train_adapters(clf, extra=[clf.head], norms=False)
+    elif method in ("lora", "lora-all", "qlora"):
+        if method == "qlora":
+            quant.quantize_model_nf4(clf.body, double=True)
+        targets = lora.ALL_LINEAR if method == "lora-all" else lora.ATTENTION
+        lora.add_lora(clf.body, size, alpha, targets)
+        lora.train_lora(clf, extra=[clf.head])
     return clf
 
 
@@ -677,3 +699,38 @@ def peft_arms(cfg: dict) -> list[tuple[str, str, str, int | None]]:
     arms += [(f"int8 adapter {cfg['int8_size']}", "gloss", "int8-adapter", cfg["int8_size"])]
     arms += [(f"prompt {cfg['swap_length']}", "author", "prompt", cfg["swap_length"])]
     return arms
+
+
+def lora_arms(cfg: dict, model: nn.Module) -> list[tuple[str, str, str, int | None]]:
+    """Chapter 5's arms as ``(arm, task, method, rank)`` from its profile section: full
+    fine-tuning, LoRA on the query and value projections at every rank of ``ranks``, the
+    placement pair (LoRA on every linear layer at ``placement_rank``, and on query and value at
+    the rank of ``ranks`` with the nearest number of parameters; see :func:`placement_ranks`),
+    QLoRA at
+    ``qlora_rank``, and the author task's LoRA at ``swap_rank`` (for swapping). Shared by the
+    notebook and ``benchmarks/select_lr.py``; the arm's name is its method and rank."""
+    qv_rank, all_rank = placement_ranks(model, cfg["placement_rank"], cfg["ranks"])
+    arms = [("full", "gloss", "full", None)]
+    arms += [(f"lora {r}", "gloss", "lora", r) for r in cfg["ranks"]]
+    if qv_rank not in cfg["ranks"]:
+        arms += [(f"lora {qv_rank}", "gloss", "lora", qv_rank)]
+    arms += [(f"lora-all {all_rank}", "gloss", "lora-all", all_rank)]
+    arms += [(f"qlora {cfg['qlora_rank']}", "gloss", "qlora", cfg["qlora_rank"])]
+    arms += [(f"lora {cfg['swap_rank']}", "author", "lora", cfg["swap_rank"])]
+    return arms
+
+
+def placement_ranks(
+    model: nn.Module, all_rank: int, candidates: Sequence[int] | None = None
+) -> tuple[int, int]:
+    """``(qv_rank, all_rank)``: the rank of LoRA on the query and value projections whose
+    parameter count is nearest to LoRA of rank ``all_rank`` on every linear layer (the LoRA
+    paper's comparison at equal trainable parameters, its Table 5); with ``candidates``, the
+    nearest among those ranks (so that an arm of the rank sweep can serve)."""
+    from .methods import lora
+
+    per_all = lora.lora_parameter_count(model, all_rank, lora.ALL_LINEAR)
+    per_qv = lora.lora_parameter_count(model, 1, lora.ATTENTION)
+    if candidates:
+        return min(candidates, key=lambda r: abs(r * per_qv - per_all)), all_rank
+    return max(1, round(per_all / per_qv)), all_rank

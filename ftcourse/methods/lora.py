@@ -6,6 +6,11 @@ so the model starts exactly as the base model; only ``A`` and ``B`` train. After
 ``ΔW`` can be merged into ``W`` (inference then costs what the base model costs) and unmerged
 again. Same initialisation and arithmetic as peft's ``LoraConfig`` (``tests/test_lora.py``
 checks equal outputs for equal ``A`` and ``B``).
+
+QLoRA (Dettmers et al., 2023) is the same LoRA on a base layer stored in 4 bits
+(:class:`ftcourse.methods.quant.NF4Linear`). Merging into such a layer cannot be undone exactly:
+the sum is rounded to 16 levels again, so :meth:`LoRALinear.merge` refuses and
+:func:`merge_into_quantized` does it on request.
 """
 
 from __future__ import annotations
@@ -18,16 +23,29 @@ from torch import Tensor, nn
 
 from ._surgery import modules_named, replace_module
 from .partial import freeze
+from .quant import NF4Linear
 
 __all__ = [
+    "ALL_LINEAR",
+    "ATTENTION",
     "LoRALinear",
     "add_lora",
+    "load_lora",
+    "lora_parameter_count",
     "lora_parameters",
+    "lora_state_dict",
+    "merge_into_quantized",
     "merge_lora",
     "remove_lora",
     "train_lora",
     "unmerge_lora",
 ]
+
+
+ATTENTION = ("q_proj", "v_proj")
+"""The LoRA paper's default targets: the attention's query and value projections."""
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""Every linear layer of a Llama-style block (QLoRA's choice)."""
 
 
 class LoRALinear(nn.Module):
@@ -38,7 +56,9 @@ class LoRALinear(nn.Module):
     skips the low-rank path; :meth:`unmerge` subtracts it again.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0):
+    def __init__(
+        self, base: nn.Linear | NF4Linear, r: int, alpha: float | None = None, dropout: float = 0.0
+    ):
         super().__init__()
         if r < 1:
             raise ValueError(f"the rank r must be >= 1, not {r}")
@@ -58,6 +78,11 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
+        if not isinstance(self.base, nn.Linear):
+            raise TypeError(
+                "the base layer is quantized: merging would round the update to its levels and "
+                "could not be undone; use lora.merge_into_quantized(model) if that is what you want"
+            )
         if not self.merged:
             self.base.weight += self.delta().to(self.base.weight.dtype)
             self.merged = True
@@ -82,7 +107,7 @@ def add_lora(
     model: nn.Module,
     r: int,
     alpha: float | None = None,
-    targets: Sequence[str] = ("q_proj", "v_proj"),
+    targets: Sequence[str] = ATTENTION,
     dropout: float = 0.0,
 ) -> list[str]:
     """Wrap every ``nn.Linear`` named like one of ``targets`` in a :class:`LoRALinear`
@@ -94,12 +119,28 @@ def add_lora(
     """
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("the model already has LoRA layers; remove_lora(model) first")
-    names = [n for n in modules_named(model, targets) if type(model.get_submodule(n)) is nn.Linear]
+    names = _linear_names(model, targets)
     if not names:
         raise ValueError(f"no nn.Linear of the model is named like {list(targets)}")
     for name in names:
         replace_module(model, name, LoRALinear(model.get_submodule(name), r, alpha, dropout))
     return names
+
+
+def _linear_names(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    """The plain or NF4 linear layers named like one of ``targets``."""
+    return [
+        n
+        for n in modules_named(model, targets)
+        if type(model.get_submodule(n)) in (nn.Linear, NF4Linear)
+    ]
+
+
+def lora_parameter_count(model: nn.Module, r: int, targets: Sequence[str]) -> int:
+    """How many parameters :func:`add_lora` with rank ``r`` on ``targets`` would add:
+    ``r * (in + out)`` per wrapped layer (the model is not changed)."""
+    layers = [model.get_submodule(n) for n in _linear_names(model, targets)]
+    return sum(r * (m.in_features + m.out_features) for m in layers)
 
 
 def _lora_layers(model: nn.Module) -> list[LoRALinear]:
@@ -109,6 +150,32 @@ def _lora_layers(model: nn.Module) -> list[LoRALinear]:
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Every ``A`` and ``B`` of the model."""
     return [p for m in _lora_layers(model) for p in (m.lora_A, m.lora_B)]
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Only the LoRA factors, by their names in ``model`` (what a LoRA file stores; save it
+    with ``safetensors.torch.save_file``)."""
+    return {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items()
+        if k.endswith(("lora_A", "lora_B"))
+    }
+
+
+@torch.no_grad()
+def load_lora(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy LoRA factors saved by :func:`lora_state_dict` into the LoRA layers of ``model``
+    (swapping tasks on one base model).
+
+    Raises:
+        KeyError: the names do not match the model's LoRA layers.
+    """
+    own = {k: v for k, v in model.state_dict().items() if k.endswith(("lora_A", "lora_B"))}
+    if set(own) != set(state):
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        raise KeyError(f"LoRA names differ: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for k, v in state.items():
+        own[k].copy_(v)
 
 
 def train_lora(model: nn.Module, extra: Sequence[nn.Module] = ()) -> nn.Module:
@@ -137,6 +204,21 @@ def unmerge_lora(model: nn.Module) -> int:
     for layer in layers:
         layer.unmerge()
     return len(layers)
+
+
+@torch.no_grad()
+def merge_into_quantized(model: nn.Module) -> int:
+    """Merge every LoRA update whose base layer is quantized (:class:`NF4Linear`) by
+    re-quantizing ``W + ΔW``, and put the base layer back in the LoRA layer's place. The sum is
+    rounded to the 16 levels again: an update that is small compared with the gap between two
+    levels largely rounds away (chapter 5 measures how much). Returns how many layers."""
+    merged = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear) and isinstance(module.base, NF4Linear):
+            module.base.requantize(module.base.weight + module.delta())
+            replace_module(model, name, module.base)
+            merged += 1
+    return merged
 
 
 def remove_lora(model: nn.Module, merge: bool = False) -> int:
