@@ -8,11 +8,13 @@ table (``pretraining.lr_selected`` in ``ftcourse/profiles.py``). The notebook pl
 its evidence; ``tests/test_bench.py`` checks that the profile holds what the CSV chooses.
 Appendix A1 does the same for its two measurements (gloss classification, knowledge unlocked)
 into ``lr_selection_A1.csv`` and ``foundation.lr_selected``; chapter 4 for each of its arms
-into ``lr_selection_04.csv`` and ``additive.lr_selected``.
+into ``lr_selection_04.csv`` and ``additive.lr_selected``; chapter 5 likewise into
+``lr_selection_05.csv`` and ``lora.lr_selected``.
 
     python benchmarks/select_lr.py            # chapter 1: about 9 minutes on 2 CPU cores
     python benchmarks/select_lr.py --notebook A1_foundation_model   # about 9 minutes
     python benchmarks/select_lr.py --notebook 04_additive           # about 15 minutes
+    python benchmarks/select_lr.py --notebook 05_lora               # about 12 minutes
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ftcourse.profiles import get_profile, resolve_device
 RESULTS = Path(__file__).parent / "results" / "lr_selection.csv"
 RESULTS_A1 = Path(__file__).parent / "results" / "lr_selection_A1.csv"
 RESULTS_04 = Path(__file__).parent / "results" / "lr_selection_04.csv"
+RESULTS_05 = Path(__file__).parent / "results" / "lr_selection_05.csv"
 FIELDS = ["notebook", "model", "labels_per_class", "arm", "lr", "seed", "val_acc", "best_step"]
 
 
@@ -143,12 +146,37 @@ def foundation_rows(profile: str, device: torch.device) -> tuple[list[dict], dic
 def additive_rows(profile: str, device: torch.device) -> tuple[list[dict], dict]:
     """Chapter 4: every arm (full, head, adapters, prompts, int8 adapter; the author task's
     prompt) on every seed and learning rate of its grid, validation only."""
+    from ftcourse import lm
+
+    return peft_rows(
+        profile, device, "additive", "04_additive", lm.peft_arms, {"int8-adapter": "adapter"}
+    )
+
+
+def lora_rows(profile: str, device: torch.device) -> tuple[list[dict], dict]:
+    """Chapter 5: full fine-tuning, LoRA at every rank, the placement pair, QLoRA and the
+    author task's LoRA, on every seed and learning rate of its grid, validation only."""
+    from ftcourse import lm
+
+    return peft_rows(
+        profile, device, "lora", "05_lora", lm.lora_arms, {"lora-all": "lora", "qlora": "lora"}
+    )
+
+
+def peft_rows(
+    profile: str, device: torch.device, section: str, notebook: str, arms_of, grid_of: dict
+) -> tuple[list[dict], dict]:
+    """The grid of chapters 4 and 5: ``arms_of(cfg)`` (or ``arms_of(cfg, model)``) gives the
+    arms as ``(arm, task, method, size)``; ``grid_of`` maps a method to the grid it shares."""
+    import inspect
+
     from ftcourse import lm, models
     from ftcourse.data import text
 
-    cfg = get_profile(profile).section("additive")
+    cfg = get_profile(profile).section(section)
     base = models.load(cfg["model"])
     tok, model = base.tokenizer, base.model
+    arms = arms_of(cfg, model) if len(inspect.signature(arms_of).parameters) == 2 else arms_of(cfg)
     tasks = {}
     for task, load in (("gloss", text.gloss_task), ("author", text.author_task)):
         (train, classes), (val, _) = load("train"), load("validation")
@@ -159,14 +187,15 @@ def additive_rows(profile: str, device: torch.device) -> tuple[list[dict], dict]
         )
     labels = {"gloss": cfg["labels_per_class"], "author": cfg["author_per_class"]}
     budget = experiments.Budget.from_profile(cfg)
+    alpha = cfg.get("lora_alpha")
     rows = []
-    for arm, task, method, size in lm.peft_arms(cfg):
+    for arm, task, method, size in arms:
         start = time.perf_counter()
         num_classes, pool, val_pool = tasks[task]
         rows += experiments.grid_search(
             {
                 arm: lambda train, m=method, s=size, c=num_classes: lm.peft_classifier(
-                    model, c, tok.pad_token_id, m, s
+                    model, c, tok.pad_token_id, m, s, alpha
                 )
             },
             lambda seed, pool=pool, val_pool=val_pool, n=labels[task]: (
@@ -174,18 +203,17 @@ def additive_rows(profile: str, device: torch.device) -> tuple[list[dict], dict]
                 data.few_label_split(val_pool, cfg["val_per_class"], 0, seed=seed)[0],
             ),
             seeds=cfg["seeds"],
-            lrs=cfg["lrs"]["adapter" if method == "int8-adapter" else method],
+            lrs=cfg["lrs"][grid_of.get(method, method)],
             budget=budget,
             device=device,
-            notebook="04_additive",
+            notebook=notebook,
             model=cfg["model"],
             task=task,
             labels_per_class=labels[task],
         )
         print(f"{task} {arm}: {time.perf_counter() - start:.0f} s", flush=True)
     chosen = {
-        f"{task}/{arm}": experiments.chosen_lr(rows, task=task, arm=arm)
-        for arm, task, _, _ in lm.peft_arms(cfg)
+        f"{task}/{arm}": experiments.chosen_lr(rows, task=task, arm=arm) for arm, task, _, _ in arms
     }
     return rows, chosen
 
@@ -205,15 +233,16 @@ def main() -> None:
     parser.add_argument(
         "--notebook",
         default="01_pretraining_vs_finetuning",
-        choices=["01_pretraining_vs_finetuning", "A1_foundation_model", "04_additive"],
+        choices=["01_pretraining_vs_finetuning", "A1_foundation_model", "04_additive", "05_lora"],
     )
     args = parser.parse_args()
     device = resolve_device("auto")
     with_task = ["notebook", "model", "task", *FIELDS[2:]]
-    if args.notebook in ("A1_foundation_model", "04_additive"):
+    if args.notebook in ("A1_foundation_model", "04_additive", "05_lora"):
         rows_of, path, key = {
             "A1_foundation_model": (foundation_rows, RESULTS_A1, "foundation"),
             "04_additive": (additive_rows, RESULTS_04, "additive"),
+            "05_lora": (lora_rows, RESULTS_05, "lora"),
         }[args.notebook]
         rows, chosen = rows_of(args.profile, device)
         write_rows(path, rows, with_task)

@@ -406,6 +406,116 @@ _ADDITIVE_SWAP = {"smoke": (1, 8), "cpu": (4, 8), "gpu": (16, 16)}
 for _profile, (_length, _size) in _ADDITIVE_SWAP.items():
     _ADDITIVE[_profile].update(swap_length=_length, int8_size=_size)
 
+# Chapter 5: LoRA (rank, placement, merging, swapping) and QLoRA, on chapter 4's gloss task and
+# label budget; every arm tuned on validation. The real-model run (SmolLM2-135M, LoRA on
+# Shakespeare's style) has its own small budget.
+_LORA = {
+    "smoke": {
+        "model": "tiny-lm",
+        "labels_per_class": 2,
+        "val_per_class": 4,
+        "test_per_class": 5,
+        "max_steps": 4,
+        "eval_every": 2,
+        "seeds": [0],
+        "ranks": [1, 4],
+        "placement_rank": 1,
+        "qlora_rank": 4,
+        "swap_rank": 4,
+        "lrs": {"full": [1e-3], "lora": [1e-2]},
+        "lr_selected": None,  # None: tune inline on the first seed
+        "memory_setting": [4, 32],
+        "timing_steps": 2,
+        "merge_timing": [4, 32, 2],
+        "author_per_class": 4,
+        "real_model": "tiny-lm",
+        "real_steps": 2,
+        "real_batch": 2,
+        "real_context": 32,
+        "real_lr": 1e-3,
+        "real_eval_windows": 4,
+        "real_qlora": True,  # the peft + bitsandbytes 4-bit run of section 6 (code path only)
+    },
+    "cpu": {
+        "model": "tiny-lm",
+        "labels_per_class": 64,
+        "val_per_class": 20,
+        "test_per_class": 100,
+        "max_steps": 100,
+        "eval_every": 20,
+        "seeds": [0, 1, 2],
+        # Three ranks 16x apart: 3 seeds x 8 arms x 100 steps is most of the 4-minute budget.
+        "ranks": [1, 4, 16],
+        # LoRA on every linear layer at this rank, against query + value LoRA at the rank of
+        # the sweep with the nearest parameter count (16 for tiny-lm: 8,192 vs 7,392 per
+        # block, so all-linear has 10 % fewer; an exact match, rank 24 vs 5, costs one arm).
+        "placement_rank": 3,
+        "qlora_rank": 4,
+        "swap_rank": 4,
+        "lrs": {"full": [1e-3, 3e-3, 1e-2], "lora": [3e-3, 1e-2, 3e-2, 1e-1]},
+        # Chosen on validation by `benchmarks/select_lr.py --notebook 05_lora` (evidence:
+        # benchmarks/results/lr_selection_05.csv, plotted in the notebook); every choice is an
+        # interior point of its grid.
+        "lr_selected": {
+            "gloss/full": 3e-3,
+            "gloss/lora 1": 1e-2,
+            "gloss/lora 4": 1e-2,
+            "gloss/lora 16": 1e-2,
+            "gloss/lora-all 3": 1e-2,
+            "gloss/qlora 4": 1e-2,
+            "author/lora 4": 1e-2,
+        },
+        "memory_setting": [8, 128],
+        "timing_steps": 12,
+        "merge_timing": [16, 128, 10],
+        "author_per_class": 100,
+        "real_model": "smollm2-135m",
+        "real_steps": 20,
+        "real_batch": 4,
+        "real_context": 64,
+        "real_lr": 1e-3,
+        "real_eval_windows": 16,
+        "real_qlora": False,  # bitsandbytes' 4-bit layers are slow on a CPU; the gpu profile runs it
+    },
+    "gpu": {
+        "model": "smollm2-135m",
+        "labels_per_class": 64,
+        "val_per_class": 20,
+        "test_per_class": 100,
+        # Not run yet on a GPU (no device was lent when chapter 5 was written): sized, not
+        # measured; tuned inline on the first seed.
+        "max_steps": 200,
+        "eval_every": 25,
+        "seeds": [0, 1, 2],
+        "ranks": [1, 2, 4, 8, 16, 64],
+        # SmolLM2: all-linear rank 3 has 30,528 LoRA parameters per block, query + value rank 16
+        # has 30,720
+        "placement_rank": 3,
+        "qlora_rank": 16,
+        "swap_rank": 16,
+        "lrs": {"full": [1e-5, 3e-5, 1e-4], "lora": [1e-4, 3e-4, 1e-3, 3e-3]},
+        "lr_selected": None,
+        "memory_setting": [8, 512],
+        "timing_steps": 20,
+        "merge_timing": [32, 512, 20],
+        "author_per_class": 100,
+        "real_model": "smollm2-135m",
+        "real_steps": 300,
+        "real_batch": 16,
+        "real_context": 256,
+        "real_lr": 3e-4,
+        "real_eval_windows": 64,
+        "real_qlora": True,
+    },
+}
+_LORA_COMMON = {
+    "patience": None,
+    "batch_size": 16,
+    "max_length": 32,
+    "lora_alpha": 8,
+    "real_rank": 8,
+}
+
 _CHAPTERS = {
     "quickstart": (_QUICKSTART, _QUICKSTART_COMMON),
     "pretraining": (_PRETRAINING, _PRETRAINING_COMMON),
@@ -413,6 +523,7 @@ _CHAPTERS = {
     "partial": (_PARTIAL, _PARTIAL_COMMON),
     "foundation": (_FOUNDATION, _FOUNDATION_COMMON),
     "additive": (_ADDITIVE, _ADDITIVE_COMMON),
+    "lora": (_LORA, _LORA_COMMON),
 }
 
 

@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 from ftcourse import bench, experiments
 from ftcourse.profiles import PROFILES
 
@@ -84,22 +86,29 @@ def test_the_stored_a1_learning_rates_are_what_the_evidence_chooses():
         assert experiments.chosen_lr(unlock, arm=arm) == lr
 
 
-def test_the_stored_chapter4_learning_rates_are_what_the_evidence_chooses():
-    """additive.lr_selected must be the argmax of benchmarks/results/lr_selection_04.csv, for
-    every arm of the notebook, over the profile's grid and seeds."""
-    from ftcourse import lm
+@pytest.mark.parametrize("section", ["additive", "lora"])
+def test_the_stored_peft_learning_rates_are_what_the_evidence_chooses(section):
+    """additive.lr_selected (chapter 4) and lora.lr_selected (chapter 5) must be the argmax of
+    benchmarks/results/lr_selection_04.csv / _05.csv, for every arm of the notebook, over the
+    profile's grid and seeds."""
+    from ftcourse import lm, models
 
-    cfg = PROFILES["cpu"].section("additive")
+    cfg = PROFILES["cpu"].section(section)
     stored = cfg["lr_selected"]
-    assert stored, "the cpu profile stores chapter 4's choice (benchmarks/select_lr.py)"
-    with open(bench.RESULTS_DIR / "lr_selection_04.csv") as f:
+    assert stored, f"the cpu profile stores {section}.lr_selected (benchmarks/select_lr.py)"
+    evidence = {"additive": "lr_selection_04.csv", "lora": "lr_selection_05.csv"}[section]
+    with open(bench.RESULTS_DIR / evidence) as f:
         rows = [r for r in csv.DictReader(f) if r["model"] == cfg["model"]]
     assert {int(r["seed"]) for r in rows} == set(cfg["seeds"])
-    arms = lm.peft_arms(cfg)
+    if section == "additive":
+        arms, grid_of = lm.peft_arms(cfg), {"int8-adapter": "adapter"}
+    else:
+        arms = lm.lora_arms(cfg, models.load(cfg["model"]).model)
+        grid_of = {"lora-all": "lora", "qlora": "lora"}
     assert set(stored) == {f"{task}/{arm}" for arm, task, _, _ in arms}
     for arm, task, method, _ in arms:
         mine = [r for r in rows if r["task"] == task and r["arm"] == arm]
-        grid = cfg["lrs"]["adapter" if method == "int8-adapter" else method]
+        grid = cfg["lrs"][grid_of.get(method, method)]
         assert {float(r["lr"]) for r in mine} == set(grid), f"{task}/{arm}: the profile's grid"
         assert experiments.chosen_lr(mine, arm=arm) == stored[f"{task}/{arm}"]
 

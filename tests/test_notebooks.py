@@ -121,6 +121,37 @@ EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
         "sec_per_step_full": (0.0, 100.0),
         "sec_per_step_adapter": (0.0, 100.0),
     },
+    "05_lora": {
+        "ranks": (1, 1e4),
+        "lora_acc": UNIT,
+        "lora_acc_std": UNIT,
+        "lora_trainable_fraction": (0.0, 0.5),
+        "full_acc": UNIT,
+        "attn_only_acc": UNIT,
+        "all_linear_acc": UNIT,
+        "lora_init_max_abs_diff": (0.0, 0.0),
+        "peft_max_abs_diff": (0.0, 1e-6),
+        "merge_max_abs_diff": (0.0, 1e-5),
+        "sec_per_token_merged": (0.0, 10.0),
+        "sec_per_token_unmerged": (0.0, 10.0),
+        "lora_file_bytes": (1e2, 1e10),
+        "full_file_bytes": (1e5, 1e12),
+        "task_a_acc_own": UNIT,
+        "task_a_acc_other": UNIT,
+        "task_b_acc_own": UNIT,
+        "task_b_acc_other": UNIT,
+        "nf4_weight_bytes": (1e3, 1e11),
+        "fp32_weight_bytes": (1e4, 1e12),
+        "nf4_rel_error": (0.0, 0.2),
+        "nf4_reference_max_abs_diff": (0.0, 1e-6),
+        "qlora_acc": UNIT,
+        "lora_peak_bytes": (1e4, 1e13),
+        "full_peak_bytes": (1e5, 1e13),
+        "qlora_peak_bytes": (1e4, 1e13),
+        "merge_into_4bit_max_abs_diff": (0.0, 10.0),
+        "real_model_before": (1.0, 1e5),
+        "real_model_after": (1.0, 1e5),
+    },
 }
 # Lists that must be strictly ascending, and groups of lists that must have equal lengths.
 ASCENDING = {
@@ -130,6 +161,7 @@ ASCENDING = {
     "trainable_params",
     "adapter_sizes",
     "prompt_lengths",
+    "ranks",
 }
 ALIGNED = {
     "01_pretraining_vs_finetuning": [
@@ -163,6 +195,7 @@ ALIGNED = {
         "adapter_acc_std",
         "adapter_trainable_fraction",
     ],
+    "05_lora": ["ranks", "lora_acc", "lora_acc_std", "lora_trainable_fraction"],
 }
 # Markdown may cite a run's numbers only through glue roles: a decimal number or a
 # percentage typed into the prose is a number from some other run.
