@@ -219,4 +219,4 @@ def test_peft_classifier_adapters_freeze_every_pretrained_weight(tiny):
     with pytest.raises(ValueError, match="needs a size"):
         lm.peft_classifier(base, 3, tok.pad_token_id, "adapter")
     with pytest.raises(ValueError, match="method must be"):
-        lm.peft_classifier(base, 3, tok.pad_token_id, "lora", 4)
+        lm.peft_classifier(base, 3, tok.pad_token_id, "ia3", 4)
