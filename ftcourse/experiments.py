@@ -369,3 +369,44 @@ def table(arms: Mapping[str, Sequence[Trial]], total_params: int | None = None) 
             f"{values(trials, 'seconds').mean():.1f} | {trainable:,}{frac} |"
         )
     return "\n".join(rows)
+
+
+def time_per_step(
+    models: Mapping[str, nn.Module], x: Any, y: Any, rounds: int, device: Any = "cpu"
+) -> dict[str, float]:
+    """Median seconds per training step of each classifier on the same batch ``(x, y)``.
+
+    Each model gets AdamW on its trainable parameters and one warm-up step; then the models
+    take one step each in turn, ``rounds`` times (alternating, so that a slow moment of a
+    shared machine hits every arm alike), under the precision the arms trained in (bf16
+    autocast only where the hardware has it). Chapters 4 and 5 compare methods with it.
+    """
+    import time
+
+    import torch
+
+    from .precision import autocast
+
+    steps = {}
+    for name, model in models.items():
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-6, foreach=True)
+        model.train()
+
+        def one(model=model, optimizer=optimizer) -> None:
+            with autocast(device):
+                logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        one()  # warm-up: AdamW creates its state, kernels are chosen
+        steps[name] = one
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, one in steps.items():
+            start = time.perf_counter()
+            one()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}

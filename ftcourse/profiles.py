@@ -475,7 +475,7 @@ _LORA = {
         "real_context": 64,
         "real_lr": 1e-3,
         "real_eval_windows": 16,
-        "real_qlora": False,  # bitsandbytes' 4-bit layers are slow on a CPU; the gpu profile runs it
+        "real_qlora": False,  # no room in the 4-minute budget for a second SmolLM2 run
     },
     "gpu": {
         "model": "smollm2-135m",

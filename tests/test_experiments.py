@@ -143,3 +143,17 @@ def test_verdict_says_who_is_better_only_when_clear():
     assert experiments.verdict(experiments.paired(b, a), "B", "A").startswith("A beats B clearly")
     noisy = np.array([0.9, 0.6, 0.75])
     assert experiments.verdict(experiments.paired(noisy, b), "A", "B").startswith("no clear")
+
+
+def test_time_per_step_times_every_model_and_trains_only_the_trainable():
+    torch.manual_seed(0)
+    frozen_body = nn.Linear(8, 8).requires_grad_(False)
+    models = {
+        "full": nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3)),
+        "head": nn.Sequential(frozen_body, nn.Linear(8, 3)),
+    }
+    before = frozen_body.weight.clone()
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    times = experiments.time_per_step(models, x, y, rounds=3)
+    assert set(times) == {"full", "head"} and all(t > 0 for t in times.values())
+    assert torch.equal(frozen_body.weight, before)
