@@ -16,6 +16,7 @@ A trainable adapter or LoRA on top keeps training in fp32.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -116,6 +117,13 @@ def quantize_model_int8(model: nn.Module) -> int:
 NF4_OFFSET = 0.5 * ((1 - 1 / 30) + (1 - 1 / 32))
 
 
+@functools.lru_cache(maxsize=8)
+def _codebook_on(device: torch.device) -> Tensor:
+    """The codebook, computed once per device (it is read in every forward and backward pass
+    of an :class:`NF4Linear`)."""
+    return nf4_codebook().to(device)
+
+
 def nf4_codebook() -> Tensor:
     """The 16 levels of NF4, ascending, in [-1, 1]: 8 quantiles of N(0, 1) above zero, 7 below,
     and an exact zero, divided by the largest (Dettmers et al. 2023, eq. 4; bitsandbytes'
@@ -180,7 +188,7 @@ def quantize_nf4(weight: Tensor, block: int = 64, double: bool = False) -> NF4:
     blocks = w.reshape(-1, block)
     absmax = blocks.abs().amax(dim=1)
     normed = blocks / absmax.clamp_min(torch.finfo(torch.float32).tiny)[:, None]
-    code = nf4_codebook().to(w.device)
+    code = _codebook_on(w.device)
     idx = torch.bucketize(normed, (code[1:] + code[:-1]) / 2).to(torch.uint8).flatten()
     codes = (idx[0::2] << 4) | idx[1::2]
     if not double:
@@ -197,8 +205,7 @@ def quantize_nf4(weight: Tensor, block: int = 64, double: bool = False) -> NF4:
 def dequantize_nf4(q: NF4) -> Tensor:
     """The fp32 weight that an NF4 tensor stands for: ``level[code] * absmax`` per block."""
     idx = torch.stack([q.codes >> 4, q.codes & 15], dim=1).flatten().long()
-    code = nf4_codebook().to(q.codes.device)
-    values = code[idx].reshape(-1, q.block) * q.scales()[:, None]
+    values = _codebook_on(q.codes.device)[idx].reshape(-1, q.block) * q.scales()[:, None]
     return values.reshape(q.shape)
 
 
