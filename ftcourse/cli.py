@@ -31,6 +31,8 @@ PACKAGES = (
     "timm",
     "transformers",
     "peft",
+    "bitsandbytes",
+    "trl",
     "tokenizers",
     "numpy",
     "matplotlib",

@@ -239,13 +239,18 @@ def train_lm(
 # --------------------------------------------------------------------------- chats
 
 
-def encode_chat(tokenizer, prompt: str, response: str | None = None) -> tuple[list[int], list[int]]:
+def encode_chat(
+    tokenizer, prompt: str, response: str | None = None, end_token: bool = True
+) -> tuple[list[int], list[int]]:
     """Token ids and labels of one exchange in the tokenizer's chat template.
 
     Returns ``(input_ids, labels)``, two lists of equal length. The labels are ``IGNORE`` on
     the prompt (everything up to and including the assistant marker) and equal to the ids on
     the response *and its end token*: a model that never sees the end token in its labels
-    never learns to stop. Without ``response`` it returns the generation prompt (no labels).
+    never learns to stop. ``end_token=False`` takes the end token (and whatever the template
+    writes after it) out of the labels: the mistake chapter 6 measures, which a collator makes
+    silently when the pad token is the end token and pads are masked. Without ``response`` it
+    returns the generation prompt (no labels).
     """
     user = [{"role": "user", "content": prompt}]
     head = _template_ids(tokenizer, user, add_generation_prompt=True)
@@ -254,7 +259,14 @@ def encode_chat(tokenizer, prompt: str, response: str | None = None) -> tuple[li
     full = _template_ids(tokenizer, user + [{"role": "assistant", "content": response}])
     if full[: len(head)] != head:
         raise ValueError("the chat template does not extend the prompt: cannot mask it")
-    return full, [IGNORE] * len(head) + full[len(head) :]
+    labels = [IGNORE] * len(head) + full[len(head) :]
+    if not end_token:
+        stops = set(stop_token_ids(tokenizer))
+        ends = [i for i in range(len(head), len(full)) if full[i] in stops]
+        if not ends:
+            raise ValueError("the chat template writes no end token after the response")
+        labels[ends[-1] :] = [IGNORE] * (len(full) - ends[-1])
+    return full, labels
 
 
 def _template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False):
@@ -288,21 +300,35 @@ def pad(
     return ids, mask
 
 
-def collate(tokenizer, pairs: Sequence[tuple[str, str]], loss_on: str = "response") -> dict:
-    """A right-padded training batch from ``(prompt, response)`` pairs.
+def collate(
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    loss_on: str = "response",
+    end_token: bool = True,
+) -> dict:
+    """A right-padded training batch from ``(prompt, response)`` pairs: the SFT collator.
 
     Returns ``{"input_ids": [B, T], "attention_mask": [B, T], "labels": [B, T]}``. With
     ``loss_on="all"`` the labels cover every non-pad token (the chapter-6 comparison);
-    ``"response"`` masks the prompt.
+    ``"response"`` masks the prompt. ``end_token=False`` leaves the end token out of the
+    labels (:func:`encode_chat`). Pads never take a loss. Chapter 6.
     """
     if loss_on not in {"response", "all"}:
         raise ValueError(f"loss_on must be 'response' or 'all', not {loss_on!r}")
-    encoded = [encode_chat(tokenizer, p, r) for p, r in pairs]
+    if not pairs:
+        raise ValueError("no (prompt, response) pairs to collate")
+    encoded = [encode_chat(tokenizer, p, r, end_token) for p, r in pairs]
     ids, mask = pad([e[0] for e in encoded], tokenizer.pad_token_id, "right")
+    labels, _ = pad([e[1] for e in encoded], IGNORE, "right")
     if loss_on == "all":
-        labels = ids.masked_fill(mask == 0, IGNORE)
-    else:
-        labels, _ = pad([e[1] for e in encoded], IGNORE, "right")
+        labels = torch.where(labels == IGNORE, ids, labels).masked_fill(mask == 0, IGNORE)
+        if not end_token:  # keep the end token (and what follows it) out of the labels
+            response_end = [
+                len(e[1]) - next(j for j, v in enumerate(reversed(e[1])) if v != IGNORE)
+                for e in encoded
+            ]
+            for row, end in enumerate(response_end):
+                labels[row, end:] = IGNORE
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -432,11 +458,28 @@ def _new_tokens(model, tokenizer, prompts, chat, max_new_tokens, seed, batch_siz
     return rows
 
 
-def stopped(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24) -> float:
-    """Share of greedy answers that end with a stop token before ``max_new_tokens`` (ch. 6)."""
+def respond(
+    model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24
+) -> tuple[list[str], list[bool]]:
+    """Greedy answers to chat ``prompts`` and, for each, whether it ended with the chat's end
+    token (``<|end|>``, ``<|im_end|>``; the eos token where the template has none) before
+    ``max_new_tokens``. Generation also stops at the eos token, which a base model writes
+    between documents; that does not count as ending the answer. Chapter 6."""
     stops = set(stop_token_ids(tokenizer))
-    rows = _new_tokens(model, tokenizer, prompts, True, max_new_tokens, 0, 64)
-    return sum(any(t in stops for t in row) for row in rows) / len(prompts)
+    end = stop_token_ids(tokenizer)[0]
+    texts, ended = [], []
+    for row in _new_tokens(model, tokenizer, prompts, True, max_new_tokens, 0, 64):
+        cut = next((j for j, t in enumerate(row) if t in stops), None)
+        ended.append(cut is not None and row[cut] == end)
+        text = row if cut is None else row[:cut]
+        texts.append(tokenizer.decode(text, skip_special_tokens=True))
+    return texts, ended
+
+
+def stopped(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24) -> float:
+    """Share of greedy answers that end with the chat's end token before ``max_new_tokens``
+    (:func:`respond`; chapter 6)."""
+    return sum(respond(model, tokenizer, prompts, max_new_tokens)[1]) / len(prompts)
 
 
 def sample(
@@ -457,18 +500,54 @@ def sample(
     return prompt + text
 
 
+def normalize_answer(text: str) -> str:
+    """Lower case, single spaces, no outer spaces and no final ``.``/``!``: what
+    :func:`exact_match` compares."""
+    return " ".join(text.lower().strip().rstrip(".!").split())
+
+
 def exact_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
     """Share of predictions equal to their answer, ignoring case, outer spaces and a final
-    full stop (chapters 6-7 and appendix A1)."""
+    full stop (chapters 6-7 and appendix A1). ``"42."`` matches ``"42"``; ``"42 is next"``
+    does not: the answer must be all of the response."""
     if len(predictions) != len(answers):
         raise ValueError(f"{len(predictions)} predictions for {len(answers)} answers")
     if not answers:
         raise ValueError("no answers to compare")
+    pairs = zip(predictions, answers, strict=True)
+    return sum(normalize_answer(p) == normalize_answer(a) for p, a in pairs) / len(answers)
 
-    def norm(s: str) -> str:
-        return " ".join(s.lower().strip().rstrip(".!").split())
 
-    return sum(norm(p) == norm(a) for p, a in zip(predictions, answers, strict=True)) / len(answers)
+def contains_answer(prediction: str, answer: str) -> bool:
+    """Whether ``answer`` occurs in ``prediction`` as whole words, ignoring case: a looser
+    score for chatty models ("The number after 41 is 42." contains "42"; "142" does not)."""
+    import re
+
+    words = re.escape(normalize_answer(answer)).replace(r"\ ", r"\s+")
+    return re.search(rf"(?<![\w]){words}(?![\w])", prediction.lower()) is not None
+
+
+def task_scores(items: Sequence, predictions: Sequence[str]) -> dict[str, float]:
+    """Exact match by task for items with ``.task``, ``.answer`` and ``.known``
+    (:class:`ftcourse.data.text.Instruction`).
+
+    Keys: ``"all"`` and each task over the items a model could answer (skills, and facts whose
+    ``known`` is not False); for fact tasks also ``"<task>/known"`` and ``"<task>/unknown"``
+    (words whose facts appear nowhere in the pretraining text: the control). Chapter 6.
+    """
+    if len(items) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions for {len(items)} items")
+    groups: dict[str, list[bool]] = {"all": []}
+    for item, pred in zip(items, predictions, strict=True):
+        hit = normalize_answer(pred) == normalize_answer(item.answer)
+        keys = [] if item.known is False else ["all", item.task]
+        if item.known is not None:
+            keys.append(f"{item.task}/{'known' if item.known else 'unknown'}")
+        for key in keys:
+            groups.setdefault(key, []).append(hit)
+    if not groups["all"]:
+        raise ValueError("no answerable items to score")
+    return {key: sum(hits) / len(hits) for key, hits in groups.items()}
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -496,6 +575,7 @@ def sft(
     patience: int | None = None,
     batch_size: int = 32,
     loss_on: str = "response",
+    end_token: bool = True,
     weight_decay: float = 0.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -508,7 +588,8 @@ def sft(
     tunes it (``fit=functools.partial(lm.sft, tokenizer=tok)``). AdamW on the parameters
     with ``requires_grad``, warm-up over 5 % of ``max_steps`` then cosine decay to zero;
     batches drawn epoch by epoch, shuffled with ``generator``, right-padded (:func:`collate`);
-    loss on the response and its end token (``loss_on="all"``: every token). Every
+    loss on the response and its end token (``loss_on="all"``: every token; ``end_token=False``:
+    without the end token). Every
     ``eval_every`` steps and at the end the exact match of greedy answers to ``val_set``
     (:func:`answer_accuracy`) scores a checkpoint; with ``restore_best`` the model ends with
     its best one; ``patience`` stops early. Returns a :class:`ftcourse.train.Curve` whose
@@ -549,7 +630,7 @@ def sft(
             order = torch.randperm(len(train_set), generator=generator).tolist()
         chosen = [train_set[order.pop()] for _ in range(min(batch_size, len(order)))]
         model.train()
-        batch = collate(tokenizer, chosen, loss_on=loss_on)
+        batch = collate(tokenizer, chosen, loss_on=loss_on, end_token=end_token)
         with autocast(_device(model)):
             loss = next_token_loss(model, **batch)
         optimizer.zero_grad(set_to_none=True)
@@ -568,6 +649,49 @@ def sft(
         model.load_state_dict(best_state)
     model.eval()
     return curve
+
+
+SFT_ARMS = ("SFT", "loss on every token", "no end token", "random init", "LoRA")
+"""The arms of chapter 6, in the order the notebook shows them."""
+
+
+def sft_arms(cfg: dict, base: nn.Module, tokenizer) -> dict[str, tuple]:
+    """Chapter 6's arms: ``{arm: (make_model, fit, grid)}`` for
+    :func:`ftcourse.experiments.run_arm` and ``benchmarks/select_lr.py``.
+
+    ``"SFT"``: every weight of a copy of ``base``, loss on the response and its end token;
+    ``"loss on every token"``: the same with the loss on the prompt too; ``"no end token"``:
+    the end token's label removed (the recipe's ablation: it reuses SFT's learning rate);
+    ``"random init"``: SFT from random weights of the same shape (the control for knowledge
+    unlocked); ``"LoRA"``: LoRA of rank ``cfg["lora_rank"]`` on every linear layer of the
+    blocks, everything else frozen. ``grid`` names the learning-rate grid in ``cfg["lrs"]``.
+    """
+    import copy
+    import functools
+
+    from transformers import AutoModelForCausalLM
+
+    from .methods import lora
+
+    def pretrained(train=None) -> nn.Module:
+        return copy.deepcopy(base)
+
+    def scratch(train=None) -> nn.Module:
+        return AutoModelForCausalLM.from_config(base.config)
+
+    def low_rank(train=None) -> nn.Module:
+        model = copy.deepcopy(base)
+        lora.add_lora(model, cfg["lora_rank"], cfg["lora_alpha"], lora.ALL_LINEAR)
+        return lora.train_lora(model)
+
+    fit = functools.partial(sft, tokenizer=tokenizer)
+    return {
+        "SFT": (pretrained, fit, "full"),
+        "loss on every token": (pretrained, functools.partial(fit, loss_on="all"), "unmasked"),
+        "no end token": (pretrained, functools.partial(fit, end_token=False), "full"),
+        "random init": (scratch, fit, "scratch"),
+        "LoRA": (low_rank, fit, "lora"),
+    }
 
 
 # --------------------------------------------------------------------------- classification

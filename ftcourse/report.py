@@ -56,9 +56,14 @@ def _current() -> _Run:
 
 
 def _jsonable(value: Any) -> Any:
-    """Plain JSON values: tensors/arrays become lists or floats; NaN is refused."""
+    """Plain JSON values: tensors/arrays become lists or floats; NaN is refused; dicts need
+    string keys (e.g. accuracy per task)."""
     if hasattr(value, "tolist"):
         value = value.tolist()
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("a recorded dict needs string keys")
+        return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -67,7 +72,7 @@ def _jsonable(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"metric value {value!r} is not finite")
         return value
-    raise TypeError(f"cannot record a {type(value).__name__}; use numbers, strings or lists")
+    raise TypeError(f"cannot record a {type(value).__name__}; use numbers, strings, lists or dicts")
 
 
 def record(name: str, value: Any) -> None:

@@ -28,8 +28,9 @@ def test_tensors_and_arrays_become_plain_json(report_dir):
     report.start("99_example", "smoke")
     report.record("t", torch.tensor([1.5, 2.5]))
     report.record("n", np.float64(0.25))
+    report.record("d", {"count": np.float64(0.5), "first": [1, 2]})
     data = json.loads((report_dir / "99_example.json").read_text())
-    assert data["metrics"] == {"t": [1.5, 2.5], "n": 0.25}
+    assert data["metrics"] == {"t": [1.5, 2.5], "n": 0.25, "d": {"count": 0.5, "first": [1, 2]}}
 
 
 def test_bad_values_and_names_are_refused(report_dir):
@@ -40,6 +41,8 @@ def test_bad_values_and_names_are_refused(report_dir):
         report.record("x", math.nan)
     with pytest.raises(TypeError, match="cannot record"):
         report.record("x", object())
+    with pytest.raises(TypeError, match="string keys"):
+        report.record("x", {1: 0.5})
 
 
 def test_failed_claim_raises_except_in_smoke(report_dir, capsys):

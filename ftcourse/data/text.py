@@ -593,3 +593,71 @@ def instruction_tasks(seed: int = 0, per_task: int = 300) -> list[Instruction]:
     for relation in FACT_QUESTIONS:
         out += fact_questions(relation, seed)
     return out
+
+
+def instruction_items(
+    split: str, per_task: int | None = None, limit: int | None = None, seed: int = 0
+) -> list[Instruction]:
+    """The items of :func:`instruction_tasks` in ``split`` ("train", "validation", "test").
+
+    ``per_task`` keeps at most that many items of each task (fact tasks: of known and of
+    unknown words each); ``limit`` keeps that many items in all, drawn evenly by a fixed
+    shuffle. Both keep the same items on every call. Chapter 6.
+    """
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split must be train, validation or test, not {split!r}")
+    items = [i for i in instruction_tasks(seed) if i.split == split]
+    if per_task is not None:
+        kept: dict[tuple, int] = {}
+        chosen = []
+        for item in items:
+            key = (item.task, item.known)
+            if kept.get(key, 0) < per_task:
+                kept[key] = kept.get(key, 0) + 1
+                chosen.append(item)
+        items = chosen
+    if limit is not None and limit < len(items):
+        order = sorted(range(len(items)), key=lambda i: _stable_fraction(f"{seed}:{i}"))
+        items = [items[i] for i in sorted(order[:limit])]
+    return items
+
+
+_TIMES = {"two": 2, "three": 3, "four": 4}
+
+
+def is_answer(item: Instruction, response: str) -> bool:
+    """Whether ``response`` has the *form* of an answer to ``item``, right or wrong.
+
+    ``count``/``next``: a whole number; ``first``: one of the two words offered; ``repeat``:
+    one word said as many times as asked; ``hypernym``: one word that WordNet lists as a noun;
+    ``category``: one of WordNet's noun categories; ``antonym``: one word that WordNet lists as
+    an adjective. Compared after :func:`ftcourse.lm.exact_match`'s normalisation. A model that
+    continues the text instead of answering fails it, and so does an answer that never stops
+    (cut at the length limit). Chapter 6 measures it before and after instruction tuning.
+    """
+    text = " ".join(response.lower().strip().rstrip(".!").split())
+    if item.task in ("count", "next"):
+        return re.fullmatch(r"\d+", text) is not None
+    if item.task == "first":
+        offered = re.search(r": (\w+) or (\w+)\?$", item.prompt)
+        return offered is not None and text in offered.groups()
+    if item.task == "repeat":
+        asked = re.search(r" (\w+) times\.$", item.prompt)
+        words = text.split()
+        return (
+            asked is not None
+            and len(words) == _TIMES.get(asked.group(1), -1)
+            and len(set(words)) == 1
+            and words[0].isalpha()
+        )
+    if item.task == "category":
+        return text in NOUN_CATEGORIES
+    if item.task in ("hypernym", "antonym"):
+        return _one_word(text) and text in wordnet_senses(
+            "noun" if item.task == "hypernym" else "adj"
+        )
+    raise ValueError(f"no answer form is defined for task {item.task!r}")
+
+
+NOUN_CATEGORIES = frozenset(n.split(".")[1] for n in LEXNAMES if n.startswith("noun."))
+"""The answers a category question can have: WordNet's noun files (``animal``, ``state``...)."""
