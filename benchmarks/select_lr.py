@@ -9,12 +9,14 @@ its evidence; ``tests/test_bench.py`` checks that the profile holds what the CSV
 Appendix A1 does the same for its two measurements (gloss classification, knowledge unlocked)
 into ``lr_selection_A1.csv`` and ``foundation.lr_selected``; chapter 4 for each of its arms
 into ``lr_selection_04.csv`` and ``additive.lr_selected``; chapter 5 likewise into
-``lr_selection_05.csv`` and ``lora.lr_selected``.
+``lr_selection_05.csv`` and ``lora.lr_selected``; chapter 6 for its tuned arms into
+``lr_selection_06.csv`` and ``instruct.lr_selected``.
 
     python benchmarks/select_lr.py            # chapter 1: about 9 minutes on 2 CPU cores
     python benchmarks/select_lr.py --notebook A1_foundation_model   # about 9 minutes
     python benchmarks/select_lr.py --notebook 04_additive           # about 15 minutes
     python benchmarks/select_lr.py --notebook 05_lora               # about 12 minutes
+    python benchmarks/select_lr.py --notebook 06_instruction_tuning # about 13 minutes
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ RESULTS = Path(__file__).parent / "results" / "lr_selection.csv"
 RESULTS_A1 = Path(__file__).parent / "results" / "lr_selection_A1.csv"
 RESULTS_04 = Path(__file__).parent / "results" / "lr_selection_04.csv"
 RESULTS_05 = Path(__file__).parent / "results" / "lr_selection_05.csv"
+RESULTS_06 = Path(__file__).parent / "results" / "lr_selection_06.csv"
 FIELDS = ["notebook", "model", "labels_per_class", "arm", "lr", "seed", "val_acc", "best_step"]
 
 
@@ -163,6 +166,50 @@ def lora_rows(profile: str, device: torch.device) -> tuple[list[dict], dict]:
     )
 
 
+def instruct_rows(
+    profile: str, device: torch.device, only: list[str] | None = None
+) -> tuple[list[dict], dict]:
+    """Chapter 6: SFT, SFT with the loss on every token, SFT from random init and LoRA-SFT on
+    the instruction tasks, every seed and learning rate of each arm's grid, validation only
+    (the no-end-token ablation reuses SFT's rate). With ``only``, just those arms run and the
+    other arms' rows are read back from the existing CSV (the runs are deterministic)."""
+    from ftcourse import lm, models
+    from ftcourse.data import text
+
+    cfg = get_profile(profile).section("instruct")
+    base = models.load(cfg["model"])
+    seed = base.card.get("seed", 0)
+    pairs = {
+        split: [(i.prompt, i.answer) for i in text.instruction_items(split, **kw, seed=seed)]
+        for split, kw in (("train", {}), ("validation", {"limit": cfg["val_items"]}))
+    }
+    budget = experiments.Budget.from_profile(cfg)
+    rows = []
+    if only:
+        with open(RESULTS_06) as f:
+            rows = [r for r in csv.DictReader(f) if r["arm"] not in only]
+    for arm, (make, fit, grid) in lm.sft_arms(cfg, base.model, base.tokenizer).items():
+        if arm == "no end token" or (only and arm not in only):
+            continue
+        start = time.perf_counter()
+        rows += experiments.grid_search(
+            {arm: make},
+            lambda seed: (pairs["train"], pairs["validation"]),
+            seeds=cfg["seeds"],
+            lrs=cfg["lrs"][grid],
+            budget=budget,
+            device=device,
+            fit=fit,
+            notebook="06_instruction_tuning",
+            model=cfg["model"],
+            task="instructions",
+            labels_per_class="",
+        )
+        print(f"{arm}: {time.perf_counter() - start:.0f} s", flush=True)
+    chosen = {arm: experiments.chosen_lr(rows, arm=arm) for arm in {r["arm"] for r in rows}}
+    return rows, chosen
+
+
 def peft_rows(
     profile: str, device: torch.device, section: str, notebook: str, arms_of, grid_of: dict
 ) -> tuple[list[dict], dict]:
@@ -233,18 +280,31 @@ def main() -> None:
     parser.add_argument(
         "--notebook",
         default="01_pretraining_vs_finetuning",
-        choices=["01_pretraining_vs_finetuning", "A1_foundation_model", "04_additive", "05_lora"],
+        choices=[
+            "01_pretraining_vs_finetuning",
+            "A1_foundation_model",
+            "04_additive",
+            "05_lora",
+            "06_instruction_tuning",
+        ],
+    )
+    parser.add_argument(
+        "--arms", default="", help="06 only: comma-separated arms to re-run (others kept)"
     )
     args = parser.parse_args()
     device = resolve_device("auto")
     with_task = ["notebook", "model", "task", *FIELDS[2:]]
-    if args.notebook in ("A1_foundation_model", "04_additive", "05_lora"):
+    if args.notebook != "01_pretraining_vs_finetuning":
         rows_of, path, key = {
             "A1_foundation_model": (foundation_rows, RESULTS_A1, "foundation"),
             "04_additive": (additive_rows, RESULTS_04, "additive"),
             "05_lora": (lora_rows, RESULTS_05, "lora"),
+            "06_instruction_tuning": (instruct_rows, RESULTS_06, "instruct"),
         }[args.notebook]
-        rows, chosen = rows_of(args.profile, device)
+        if args.notebook == "06_instruction_tuning" and args.arms:
+            rows, chosen = instruct_rows(args.profile, device, args.arms.split(","))
+        else:
+            rows, chosen = rows_of(args.profile, device)
         write_rows(path, rows, with_task)
         print(f"wrote {path}\nput into {key}.lr_selected: {chosen}")
         return

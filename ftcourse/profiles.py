@@ -516,6 +516,94 @@ _LORA_COMMON = {
     "real_rank": 8,
 }
 
+# Chapter 6: instruction tuning of tiny-lm on the course's instruction tasks (synthetic tasks
+# and questions about the facts table); every arm tuned on validation.
+_INSTRUCT = {
+    "smoke": {
+        "model": "tiny-lm",
+        "seeds": [0],
+        "max_steps": 4,
+        "eval_every": 2,
+        "batch_size": 8,
+        "val_items": 14,  # None: the whole validation split
+        "test_per_task": 4,  # None: every test item (fact tasks: known and unknown words)
+        "lrs": {"full": [1e-3], "unmasked": [1e-3], "scratch": [3e-3], "lora": [1e-2]},
+        "lr_selected": None,  # None: tune inline on the first seed
+        "no_end_seeds": [0],
+        "ppl_windows": 4,
+        "real_per_task": 1,
+        "real_max_new_tokens": 16,
+        "lima_share": 0.25,
+    },
+    "cpu": {
+        "model": "tiny-lm",
+        "seeds": [0, 1, 2],
+        # 120 steps of 16 pairs (1.4 passes over the training items): 14 runs must fit the
+        # 4-minute budget at 50-60 ms per step on 2 cores (200 steps took 236 s in all, 150
+        # steps 224 s); validation on 200 items at steps 40, 80 and 120.
+        "max_steps": 120,
+        "eval_every": 40,
+        "batch_size": 16,
+        "val_items": 200,
+        # at most 120 held-out items per task (fact tasks: known and unknown words each)
+        "test_per_task": 120,
+        # a first grid (full 3e-4..3e-3, LoRA 3e-3..3e-2) chose its lowest rates: moved down;
+        # with 150 steps the loss on every token prefers a higher rate than SFT: its own grid
+        "lrs": {
+            "full": [1e-4, 3e-4, 1e-3],
+            "unmasked": [3e-4, 1e-3, 3e-3],
+            "scratch": [1e-3, 3e-3, 1e-2],
+            "lora": [1e-3, 3e-3, 1e-2],
+        },
+        # Chosen on validation by `benchmarks/select_lr.py --notebook 06_instruction_tuning`
+        # (evidence: benchmarks/results/lr_selection_06.csv, plotted in the notebook); every
+        # choice is an interior point of its grid.
+        "lr_selected": {
+            "SFT": 3e-4,
+            "loss on every token": 1e-3,
+            "random init": 3e-3,
+            "LoRA": 3e-3,
+        },
+        "no_end_seeds": [0],
+        "ppl_windows": 64,
+        "real_per_task": 2,
+        "real_max_new_tokens": 40,
+        "lima_share": 0.25,
+    },
+    "gpu": {
+        # Not run yet on a GPU (no device was lent when chapter 6 was written): sized, not
+        # measured; tuned inline on the first seed. MODEL=smollm2-135m runs every cell on the
+        # real instruct model.
+        "model": "tiny-lm",
+        "seeds": [0, 1, 2, 3, 4],
+        "max_steps": 600,
+        "eval_every": 50,
+        "batch_size": 32,
+        "val_items": None,
+        "test_per_task": None,
+        "lrs": {
+            "full": [1e-4, 3e-4, 1e-3, 3e-3],
+            "unmasked": [1e-4, 3e-4, 1e-3, 3e-3],
+            "scratch": [1e-3, 3e-3, 1e-2],
+            "lora": [3e-3, 1e-2, 3e-2],
+        },
+        "lr_selected": None,
+        "no_end_seeds": [0, 1, 2],
+        "ppl_windows": 256,
+        "real_per_task": 20,
+        "real_max_new_tokens": 48,
+        "lima_share": 0.25,
+    },
+}
+_INSTRUCT_COMMON = {
+    "patience": None,
+    "max_new_tokens": 12,  # every answer of the tasks fits in 12 tokens
+    "stop_max_new_tokens": 24,
+    "lora_rank": 8,
+    "lora_alpha": 16,
+    "real_model": "smollm2-135m",
+}
+
 _CHAPTERS = {
     "quickstart": (_QUICKSTART, _QUICKSTART_COMMON),
     "pretraining": (_PRETRAINING, _PRETRAINING_COMMON),
@@ -524,6 +612,7 @@ _CHAPTERS = {
     "foundation": (_FOUNDATION, _FOUNDATION_COMMON),
     "additive": (_ADDITIVE, _ADDITIVE_COMMON),
     "lora": (_LORA, _LORA_COMMON),
+    "instruct": (_INSTRUCT, _INSTRUCT_COMMON),
 }
 
 

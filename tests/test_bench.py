@@ -113,6 +113,33 @@ def test_the_stored_peft_learning_rates_are_what_the_evidence_chooses(section):
         assert experiments.chosen_lr(mine, arm=arm) == stored[f"{task}/{arm}"]
 
 
+def test_the_stored_instruct_learning_rates_are_what_the_evidence_chooses():
+    """instruct.lr_selected (chapter 6) must be the argmax of lr_selection_06.csv for every
+    tuned arm, over the profile's grid and seeds, and no choice may sit at a grid's edge."""
+    from ftcourse import lm
+
+    cfg = PROFILES["cpu"].section("instruct")
+    stored = cfg["lr_selected"]
+    assert stored, "the cpu profile stores instruct.lr_selected (benchmarks/select_lr.py)"
+    with open(bench.RESULTS_DIR / "lr_selection_06.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == cfg["model"]]
+    assert {int(r["seed"]) for r in rows} == set(cfg["seeds"])
+    tuned = [arm for arm in lm.SFT_ARMS if arm != "no end token"]
+    assert set(stored) == set(tuned)
+    grids = {
+        "SFT": "full",
+        "loss on every token": "unmasked",
+        "random init": "scratch",
+        "LoRA": "lora",
+    }
+    for arm in tuned:
+        mine = [r for r in rows if r["arm"] == arm]
+        grid = cfg["lrs"][grids[arm]]
+        assert {float(r["lr"]) for r in mine} == set(grid), f"{arm}: the profile's grid"
+        assert experiments.chosen_lr(mine, arm=arm) == stored[arm]
+        assert min(grid) < stored[arm] < max(grid), f"{arm}: the choice is at the grid's edge"
+
+
 def test_expected_runtime_prefers_a_cpu_like_this_one(tmp_path):
     fast = dict(_row("00_x", "cpu", "100", cpu="BF16 CPU"), native_bf16="True")
     slow = _row("00_x", "cpu", "200", cpu="AVX2 CPU")

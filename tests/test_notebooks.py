@@ -152,6 +152,33 @@ EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
         "real_model_before": (1.0, 1e5),
         "real_model_after": (1.0, 1e5),
     },
+    "06_instruction_tuning": {
+        "base_answer_rate": UNIT,
+        "base_exact_match": UNIT,
+        "sft_exact_match": UNIT,
+        "sft_exact_match_std": UNIT,
+        "unmasked_exact_match": UNIT,
+        "stop_rate_with_eos": UNIT,
+        "stop_rate_without_eos": UNIT,
+        "unlock_known_acc": UNIT,
+        "unlock_unknown_acc": UNIT,
+        "unlock_scratch_known_acc": UNIT,
+        "lora_sft_exact_match": UNIT,
+        "lora_trainable_fraction": (0.0, 0.5),
+        "ppl_before": (1.0, 1e5),
+        "ppl_after_full_sft": (1.0, 1e5),
+        "ppl_after_lora_sft": (1.0, 1e5),
+        "trl_loss_abs_diff": (0.0, 1e-4),
+        "trl_sft_exact_match": UNIT,
+        "loss_by_hand_diff": (0.0, 1e-5),
+    },
+}
+# Records that are dicts (task -> value), with the keys every such dict must have.
+DICTS = {
+    "06_instruction_tuning": {
+        "per_task_before": {"count", "first", "repeat", "next", "hypernym", "category", "antonym"},
+        "per_task_after": {"count", "first", "repeat", "next", "hypernym", "category", "antonym"},
+    },
 }
 # Lists that must be strictly ascending, and groups of lists that must have equal lengths.
 ASCENDING = {
@@ -301,6 +328,9 @@ def test_notebook_runs_in_smoke_profile(path, tmp_path):
         assert values and all(low <= v <= high for v in values), (name, metrics[name])
         if name in ASCENDING:
             assert values == sorted(set(values)), f"{name} must be ascending: {values}"
+    for name, keys in DICTS.get(path.stem, {}).items():
+        assert set(metrics[name]) == keys, (name, metrics[name])
+        assert all(0.0 <= v <= 1.0 for v in metrics[name].values()), (name, metrics[name])
     aligned = ALIGNED.get(path.stem, [])
     assert len({len(metrics[name]) for name in aligned}) <= 1, "lists are not aligned"
     if path.stem == "03_partial_finetuning":
