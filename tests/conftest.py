@@ -15,6 +15,15 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """tiny-lm and its tokenizer, loaded once per test module (the LM chapters' tests)."""
+    from ftcourse import models
+
+    loaded = models.load("tiny-lm")
+    return loaded.model.eval(), loaded.tokenizer
+
+
 @pytest.fixture
 def report_dir(tmp_path, monkeypatch):
     """A fresh ``$FTCOURSE_REPORT_DIR`` for one test."""

@@ -8,14 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from ftcourse import lm, memory, models
+from ftcourse import lm, memory
 from ftcourse.methods import adapters, prompt, quant
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    loaded = models.load("tiny-lm")
-    return loaded.model.eval(), loaded.tokenizer
 
 
 def _ids(tok, texts=("A beagle is a kind of hound.", "The night is long."), length=12):

@@ -14,12 +14,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    loaded = models.load("tiny-lm")
-    return loaded.model.eval(), loaded.tokenizer
-
-
 def test_encode_chat_masks_the_prompt_and_keeps_the_end_token(tiny):
     _, tok = tiny
     ids, labels = lm.encode_chat(tok, *PAIRS[0])

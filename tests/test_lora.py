@@ -7,14 +7,8 @@ import copy
 import pytest
 import torch
 
-from ftcourse import lm, memory, models
+from ftcourse import lm, memory
 from ftcourse.methods import lora
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    loaded = models.load("tiny-lm")
-    return loaded.model.eval(), loaded.tokenizer
 
 
 def _ids(tok):

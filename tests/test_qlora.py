@@ -9,14 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from ftcourse import lm, memory, models
+from ftcourse import lm, memory
 from ftcourse.methods import lora, quant
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    loaded = models.load("tiny-lm")
-    return loaded.model.eval(), loaded.tokenizer
 
 
 def _bnb():

@@ -17,12 +17,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    loaded = models.load("tiny-lm")
-    return loaded.model.eval(), loaded.tokenizer
-
-
 def test_without_the_end_token_only_its_label_goes(tiny):
     _, tok = tiny
     end = tok.convert_tokens_to_ids("<|end|>")
