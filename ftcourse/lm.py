@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -465,8 +466,8 @@ def respond(
     token (``<|end|>``, ``<|im_end|>``; the eos token where the template has none) before
     ``max_new_tokens``. Generation also stops at the eos token, which a base model writes
     between documents; that does not count as ending the answer. Chapter 6."""
-    stops = set(stop_token_ids(tokenizer))
-    end = stop_token_ids(tokenizer)[0]
+    ids = stop_token_ids(tokenizer)
+    stops, end = set(ids), ids[0]
     texts, ended = [], []
     for row in _new_tokens(model, tokenizer, prompts, True, max_new_tokens, 0, 64):
         cut = next((j for j, t in enumerate(row) if t in stops), None)
@@ -521,8 +522,6 @@ def exact_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
 def contains_answer(prediction: str, answer: str) -> bool:
     """Whether ``answer`` occurs in ``prediction`` as whole words, ignoring case: a looser
     score for chatty models ("The number after 41 is 42." contains "42"; "142" does not)."""
-    import re
-
     words = re.escape(normalize_answer(answer)).replace(r"\ ", r"\s+")
     return re.search(rf"(?<![\w]){words}(?![\w])", prediction.lower()) is not None
 
