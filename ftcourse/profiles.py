@@ -531,6 +531,9 @@ _INSTRUCT = {
         "lr_selected": None,  # None: tune inline on the first seed
         "no_end_seeds": [0],
         "ppl_windows": 4,
+        # smoke only checks the code path: the "real model" cells run on tiny-lm (loading
+        # SmolLM2 took a quarter of the 30-second budget)
+        "real_model": "tiny-lm",
         "real_per_task": 1,
         "real_max_new_tokens": 16,
         "lima_share": 0.25,
@@ -566,6 +569,7 @@ _INSTRUCT = {
         },
         "no_end_seeds": [0],
         "ppl_windows": 64,
+        "real_model": "smollm2-135m",
         "real_per_task": 2,
         "real_max_new_tokens": 40,
         "lima_share": 0.25,
@@ -590,6 +594,7 @@ _INSTRUCT = {
         "lr_selected": None,
         "no_end_seeds": [0, 1, 2],
         "ppl_windows": 256,
+        "real_model": "smollm2-135m",
         "real_per_task": 20,
         "real_max_new_tokens": 48,
         "lima_share": 0.25,
@@ -601,7 +606,6 @@ _INSTRUCT_COMMON = {
     "stop_max_new_tokens": 24,
     "lora_rank": 8,
     "lora_alpha": 16,
-    "real_model": "smollm2-135m",
 }
 
 _CHAPTERS = {

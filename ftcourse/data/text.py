@@ -606,7 +606,7 @@ def instruction_items(
     """
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be train, validation or test, not {split!r}")
-    items = [i for i in instruction_tasks(seed) if i.split == split]
+    items = [i for i in _instruction_tasks(seed) if i.split == split]
     if per_task is not None:
         kept: dict[tuple, int] = {}
         chosen = []
@@ -620,6 +620,11 @@ def instruction_items(
         order = sorted(range(len(items)), key=lambda i: _stable_fraction(f"{seed}:{i}"))
         items = [items[i] for i in sorted(order[:limit])]
     return items
+
+
+@functools.lru_cache(maxsize=2)
+def _instruction_tasks(seed: int) -> tuple[Instruction, ...]:
+    return tuple(instruction_tasks(seed))
 
 
 _TIMES = {"two": 2, "three": 3, "four": 4}
