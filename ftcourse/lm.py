@@ -411,7 +411,8 @@ def generate(
     generation stops at the end token (:func:`stop_token_ids`); the stop token is not part of
     the returned text. Sampling is seeded with ``torch.manual_seed(seed)`` (``generate``
     ignores a ``torch.Generator``); greedy decoding gives the same answer for a prompt whether
-    it is generated alone or in a padded batch (a test checks it).
+    it is generated alone or in a padded batch (a test checks it). ``top_k=0`` samples from
+    the whole distribution (chapter 7 needs the policy's own probabilities).
     """
     stops = stop_token_ids(tokenizer)
     out: list[str] = []
@@ -425,7 +426,7 @@ def generate(
         batch_size,
         do_sample=do_sample,
         temperature=temperature,
-        top_k=top_k or None,
+        top_k=top_k,  # 0 disables top-k (None would take transformers' default of 50)
     ):
         cut = next((j for j, t in enumerate(row) if t in stops), len(row))
         out.append(tokenizer.decode(row[:cut], skip_special_tokens=True))

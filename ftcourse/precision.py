@@ -17,6 +17,7 @@ import contextlib
 import os
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -99,6 +100,21 @@ def autocast_dtype(device: torch.device | str = "cpu") -> torch.dtype | None:
     if choice == "bf16" or native_bf16(device):
         return torch.bfloat16
     return None
+
+
+@contextlib.contextmanager
+def fp32() -> Iterator[None]:
+    """Inside the block every :func:`autocast` is a no-op: forward passes run in fp32, for
+    comparisons that must agree to 1e-4 (chapter 7 checks DPO against TRL this way)."""
+    old = os.environ.get(PRECISION_ENV)
+    os.environ[PRECISION_ENV] = "fp32"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(PRECISION_ENV, None)
+        else:
+            os.environ[PRECISION_ENV] = old
 
 
 def autocast(device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:

@@ -14,6 +14,7 @@ import nbformat
 import pytest
 
 from ftcourse import report
+from ftcourse.align.feedback import PROBES
 from ftcourse.cli import run_notebook
 from ftcourse.profiles import PROFILES
 
@@ -172,12 +173,40 @@ EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
         "trl_sft_exact_match": UNIT,
         "loss_by_hand_diff": (0.0, 1e-5),
     },
+    "07_rlhf": {
+        "sft_true_score": (0.0, 1.5),
+        "sft_exact_match": UNIT,
+        "sft_polite_rate": UNIT,
+        "num_preference_pairs": (1, 1e6),
+        "bt_loss_abs_diff": (0.0, 1e-5),
+        "rm_pairwise_acc_noisy": UNIT,
+        "rm_pairwise_acc_true": UNIT,
+        "ppo_loss_abs_diff": (0.0, 1e-5),
+        "ppo_kl_coefs": (0.0, 100.0),
+        "ppo_reward_after": (-1e3, 1e3),
+        "ppo_kl_after": (-1e3, 1e3),
+        "ppo_true_score_after": (0.0, 1.5),
+        "ppo_exact_match_after": UNIT,
+        "ppo_polite_after": UNIT,
+        "dpo_loss_abs_diff": (0.0, 1e-5),
+        "trl_dpo_loss_abs_diff": (0.0, 1e-4),
+        "dpo_win_rate": UNIT,
+        "dpo_exact_match_after": UNIT,
+        "dpo_sft_term_win_rate": UNIT,
+        "dpo_sft_term_exact_match_after": UNIT,
+        "trl_grpo_true_score_after": (0.0, 1.5),
+        "trl_grpo_exact_match_after": UNIT,
+    },
 }
-# Records that are dicts (task -> value), with the keys every such dict must have.
+# Records that are dicts, with the keys every such dict must have and the range of its values.
+TASKS = {"count", "first", "repeat", "next", "hypernym", "category", "antonym"}
 DICTS = {
     "06_instruction_tuning": {
-        "per_task_before": {"count", "first", "repeat", "next", "hypernym", "category", "antonym"},
-        "per_task_after": {"count", "first", "repeat", "next", "hypernym", "category", "antonym"},
+        "per_task_before": (TASKS, UNIT),
+        "per_task_after": (TASKS, UNIT),
+    },
+    "07_rlhf": {
+        "rm_blind_spot": (set(PROBES), (-1e3, 1e3)),
     },
 }
 # Lists that must be strictly ascending, and groups of lists that must have equal lengths.
@@ -186,6 +215,7 @@ ASCENDING = {
     "lrs",
     "unfrozen_blocks",
     "trainable_params",
+    "ppo_kl_coefs",
     "adapter_sizes",
     "prompt_lengths",
     "ranks",
@@ -223,6 +253,15 @@ ALIGNED = {
         "adapter_trainable_fraction",
     ],
     "05_lora": ["ranks", "lora_acc", "lora_acc_std", "lora_trainable_fraction"],
+    "07_rlhf": [
+        "ppo_kl_coefs",
+        "ppo_reward_after",
+        "ppo_kl_after",
+        "ppo_true_score_after",
+        "ppo_exact_match_after",
+        "ppo_polite_after",
+        "ppo_true_score_after_std",
+    ],
 }
 # Markdown may cite a run's numbers only through glue roles: a decimal number or a
 # percentage typed into the prose is a number from some other run.
@@ -328,9 +367,9 @@ def test_notebook_runs_in_smoke_profile(path, tmp_path):
         assert values and all(low <= v <= high for v in values), (name, metrics[name])
         if name in ASCENDING:
             assert values == sorted(set(values)), f"{name} must be ascending: {values}"
-    for name, keys in DICTS.get(path.stem, {}).items():
+    for name, (keys, (low, high)) in DICTS.get(path.stem, {}).items():
         assert set(metrics[name]) == keys, (name, metrics[name])
-        assert all(0.0 <= v <= 1.0 for v in metrics[name].values()), (name, metrics[name])
+        assert all(low <= v <= high for v in metrics[name].values()), (name, metrics[name])
     aligned = ALIGNED.get(path.stem, [])
     assert len({len(metrics[name]) for name in aligned}) <= 1, "lists are not aligned"
     if path.stem == "03_partial_finetuning":
