@@ -14,6 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .. import lm
 from ..lm import normalize_answer
 
 GREETINGS = ("Gladly!", "Happy to help!", "Of course!")
@@ -126,8 +127,6 @@ def preference_data(
     ``samples_per_prompt`` answers (temperature 1, no top-k) to each item's prompt are paired
     up (1st with 2nd, 3rd with 4th...) and labelled by :func:`label_pairs` with ``noise``;
     ``items`` have ``.prompt`` and ``.answer`` (:class:`ftcourse.data.text.Instruction`)."""
-    from .. import lm
-
     if samples_per_prompt < 2 or samples_per_prompt % 2:
         raise ValueError(f"samples_per_prompt must be even and >= 2, not {samples_per_prompt}")
     prompts, answers = [i.prompt for i in items], [i.answer for i in items]
