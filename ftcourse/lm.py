@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .precision import autocast
-from .train import Curve, cosine_schedule, show_progress
+from .train import Curve, adamw_cosine, cosine_schedule, show_progress, shuffled_batches
 
 IGNORE = -100
 """Label value that takes no loss (PyTorch's ``cross_entropy`` default ``ignore_index``)."""
@@ -604,10 +604,8 @@ def sft(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(max_steps))
-    generator = generator or torch.Generator().manual_seed(0)
-    curve, order, best_state, seconds, losses = Curve(lr=lr), [], None, 0.0, []
+    optimizer, scheduler = adamw_cosine(params, lr, max_steps, weight_decay)
+    curve, best_state, seconds, losses = Curve(lr=lr), None, 0.0, []
 
     def checkpoint(step: int) -> None:
         nonlocal best_state
@@ -621,14 +619,11 @@ def sft(
             if restore_best:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    label = progress if isinstance(progress, str) else "sft"
-    for step in tqdm(
-        range(1, max_steps + 1), desc=label, disable=not show_progress(progress), leave=False
+    for step, index in shuffled_batches(
+        len(train_set), batch_size, max_steps, generator, progress, "sft"
     ):
         start = time.perf_counter()
-        if not order:
-            order = torch.randperm(len(train_set), generator=generator).tolist()
-        chosen = [train_set[order.pop()] for _ in range(min(batch_size, len(order)))]
+        chosen = [train_set[i] for i in index]
         model.train()
         batch = collate(tokenizer, chosen, loss_on=loss_on, end_token=end_token)
         with autocast(_device(model)):

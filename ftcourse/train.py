@@ -300,6 +300,37 @@ def cosine_schedule(
     return factor
 
 
+def adamw_cosine(
+    params: Iterable[nn.Parameter], lr: float, num_steps: int, weight_decay: float = 0.0
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its schedule (5 % warm-up, then a cosine to zero over ``num_steps``): the
+    optimizer of the chat-level loops (``lm.sft``, chapter 7's reward model and DPO)."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(num_steps))
+
+
+def shuffled_batches(
+    num_items: int,
+    batch_size: int,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+    progress: bool | str = False,
+    label: str = "train",
+) -> Iterator[tuple[int, list[int]]]:
+    """``(step, indices)`` for steps 1..``num_steps``: batches of item indices drawn epoch by
+    epoch, each epoch shuffled with ``generator`` (seed 0 by default); an epoch's last batch
+    may be smaller. Shows a progress bar named ``progress`` (a string) or ``label``."""
+    generator = generator or torch.Generator().manual_seed(0)
+    order: list[int] = []
+    desc = progress if isinstance(progress, str) else label
+    for step in tqdm(
+        range(1, num_steps + 1), desc=desc, disable=not show_progress(progress), leave=False
+    ):
+        if not order:
+            order = torch.randperm(num_items, generator=generator).tolist()
+        yield step, [order.pop() for _ in range(min(batch_size, len(order)))]
+
+
 def _endless(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from loader

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .. import lm
-from ..train import Curve, cosine_schedule, show_progress
+from ..train import Curve, adamw_cosine, shuffled_batches
 from .feedback import Preference
 
 
@@ -101,18 +100,12 @@ def dpo(
         raise ValueError("no preference pairs")
     ref_chosen, ref_rejected = preference_logprobs(reference, tokenizer, pairs)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(max_steps))
-    generator = generator or torch.Generator().manual_seed(0)
-    curve, order, seconds = Curve(lr=lr), [], 0.0
-    label = progress if isinstance(progress, str) else "DPO"
-    for step in tqdm(
-        range(1, max_steps + 1), desc=label, disable=not show_progress(progress), leave=False
+    optimizer, scheduler = adamw_cosine(params, lr, max_steps)
+    curve, seconds = Curve(lr=lr), 0.0
+    for step, index in shuffled_batches(
+        len(pairs), batch_size, max_steps, generator, progress, "DPO"
     ):
         start = time.perf_counter()
-        if not order:
-            order = torch.randperm(len(pairs), generator=generator).tolist()
-        index = [order.pop() for _ in range(min(batch_size, len(order)))]
         policy.train()
         logp, mask = _token_logprobs(policy, _batch(tokenizer, [pairs[i] for i in index]))
         sums, b = logp.sum(dim=1), len(index)

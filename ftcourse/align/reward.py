@@ -15,11 +15,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .. import lm
 from ..precision import autocast
-from ..train import Curve, cosine_schedule, show_progress
+from ..train import Curve, adamw_cosine, shuffled_batches
 from .feedback import Preference
 
 
@@ -117,18 +116,13 @@ def train_reward_model(
     if not pairs:
         raise ValueError("no preference pairs")
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(max_steps))
-    generator = generator or torch.Generator().manual_seed(0)
-    curve, order, best, seconds, losses = Curve(lr=lr), [], None, 0.0, []
-    label = progress if isinstance(progress, str) else "reward model"
-    for step in tqdm(
-        range(1, max_steps + 1), desc=label, disable=not show_progress(progress), leave=False
+    optimizer, scheduler = adamw_cosine(model.parameters(), lr, max_steps)
+    curve, best, seconds, losses = Curve(lr=lr), None, 0.0, []
+    for step, index in shuffled_batches(
+        len(pairs), batch_size, max_steps, generator, progress, "reward model"
     ):
         start = time.perf_counter()
-        if not order:
-            order = torch.randperm(len(pairs), generator=generator).tolist()
-        batch = [pairs[order.pop()] for _ in range(min(batch_size, len(order)))]
+        batch = [pairs[i] for i in index]
         prompts = [p.prompt for p in batch] * 2
         responses = [p.chosen for p in batch] + [p.rejected for p in batch]
         ids, mask = _encode(tokenizer, prompts, responses)
