@@ -30,7 +30,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .precision import autocast
-from .train import Curve, adamw_cosine, cosine_schedule, show_progress, shuffled_batches
+from .train import (
+    Curve,
+    adamw_cosine,
+    clipped_step,
+    cosine_schedule,
+    show_progress,
+    shuffled_batches,
+)
 
 IGNORE = -100
 """Label value that takes no loss (PyTorch's ``cross_entropy`` default ``ignore_index``)."""
@@ -223,11 +230,7 @@ def train_lm(
         batch = batch.to(device)
         with autocast(device):
             loss = next_token_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        clipped_step(loss, optimizer, model.parameters(), scheduler)
         losses.append(loss.item())
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
@@ -628,11 +631,7 @@ def sft(
         batch = collate(tokenizer, chosen, loss_on=loss_on, end_token=end_token)
         with autocast(_device(model)):
             loss = next_token_loss(model, **batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        clipped_step(loss, optimizer, params, scheduler)
         losses.append(loss.item())
         seconds += time.perf_counter() - start
         curve.steps_run = step

@@ -309,6 +309,24 @@ def adamw_cosine(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(num_steps))
 
 
+def clipped_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: Iterable[nn.Parameter],
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    max_norm: float = 1.0,
+) -> None:
+    """Backward, clip the gradient norm of ``params`` to ``max_norm``, step the optimizer and
+    the schedule: one step of the language-model loops (``lm.train_lm``, ``lm.sft``, chapter 7's
+    reward model and DPO)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
 def shuffled_batches(
     num_items: int,
     batch_size: int,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import lm
-from ..train import Curve, adamw_cosine, shuffled_batches
+from ..train import Curve, adamw_cosine, clipped_step, shuffled_batches
 from .feedback import Preference
 
 
@@ -115,11 +115,7 @@ def dpo(
         )  # fmt: skip
         if sft_weight:
             loss = loss - sft_weight * logp[:b].sum() / mask[:b].sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        clipped_step(loss, optimizer, params, scheduler)
         seconds += time.perf_counter() - start
         curve.step.append(step)
         curve.train_loss.append(loss.item())

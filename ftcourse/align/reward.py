@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .. import lm
 from ..precision import autocast
-from ..train import Curve, adamw_cosine, shuffled_batches
+from ..train import Curve, adamw_cosine, clipped_step, shuffled_batches
 from .feedback import Preference
 
 
@@ -130,11 +130,7 @@ def train_reward_model(
         with autocast(device):
             scores = model(ids.to(device), mask.to(device)).float()
         loss = bradley_terry_loss(scores[: len(batch)], scores[len(batch) :])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        clipped_step(loss, optimizer, model.parameters(), scheduler)
         losses.append(loss.item())
         seconds += time.perf_counter() - start
         curve.steps_run = step
