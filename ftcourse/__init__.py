@@ -13,4 +13,18 @@ Modules (imported on demand, so ``import ftcourse`` stays cheap):
 * :mod:`ftcourse.memory` - parameter counts and memory figures
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# FTCOURSE_PROGRESS=0 (the book build and the tests) turns off every tqdm bar, the Hugging Face
+# Trainer's and the datasets library's too: in Jupyter those are widgets, and a page with a
+# widget fetches JavaScript from CDNs. The libraries read these variables when they are
+# imported, so this comes before any import of them.
+if _os.environ.get("FTCOURSE_PROGRESS") == "0":
+    for _name in (
+        "TQDM_DISABLE",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS",
+        "HF_HUB_DISABLE_PROGRESS_BARS",
+    ):  # noqa: E501
+        _os.environ.setdefault(_name, "1")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, bench, precision, report
+from . import __version__, bench, plots, precision, report, train
 from .profiles import Profile, get_profile, resolve_device
 
 
@@ -60,6 +60,9 @@ def start(
         f"device {where}; training in {precision.describe(dev)}"
         + (f"; model {model}" if model else "")
     )
+    plots.use_book_style()
+    if not train.show_progress():
+        _quiet_libraries()
     report.glue("runtime", bench.runtime_line(notebook))
     if model:
         report.record("model", model)
@@ -67,8 +70,23 @@ def start(
     return _current
 
 
-def finish() -> float:
-    """Glue ``this_run`` (seconds, profile, machine) for the first cell; return the seconds."""
+def _quiet_libraries() -> None:
+    """No progress bars from transformers or the Hub (``$FTCOURSE_PROGRESS=0``).
+
+    In Jupyter their bars are widgets, and a page with a widget loads its JavaScript from CDNs.
+    """
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
+def finish() -> None:
+    """Glue ``this_run`` (seconds, profile, machine) for the first cell and print it.
+
+    Returns ``None``, so the notebook's last cell shows no bare number.
+    """
     if _current is None:
         raise RuntimeError("call ftcourse.chapter.start(...) first")
     seconds = report.elapsed()
@@ -84,4 +102,3 @@ def finish() -> float:
         f"{precision.describe(dev)}",
     )
     print(f"this run: {seconds:.1f} s")
-    return seconds

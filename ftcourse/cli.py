@@ -96,7 +96,12 @@ def doctor(_: argparse.Namespace) -> int:
             print(f"  ok       {name:<18} {params}{about}")
         except (FileNotFoundError, models.ChecksumError) as err:
             problems += 1
-            fix = f"ftcourse pretrain {name.removeprefix('tiny-')}"
+            # the tiny models are built by a recipe; the others' weights are registry datasets
+            fix = (
+                f"ftcourse pretrain {name.removeprefix('tiny-')}"
+                if name.startswith("tiny-")
+                else f"ftcourse data fetch {name}"
+            )
             print(f"  MISSING  {name:<18} {err}\n           fix: {fix} (or reinstall ftcourse)")
     print("all good" if problems == 0 else f"{problems} problem(s) found")
     return 0 if problems == 0 else 1
@@ -242,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - one line for the user, traceback on request
         if os.environ.get("FTCOURSE_DEBUG") == "1" or not _is_user_error(err):
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"ftcourse: error: {message.strip(chr(39))}", file=sys.stderr)
+        # str(KeyError("x")) is "'x'" with quotes: take the message itself
+        text = err.args[0] if isinstance(err, KeyError) and err.args else err
+        message = str(text).strip().splitlines()[0] if str(text).strip() else type(err).__name__
+        print(f"ftcourse: error: {message}", file=sys.stderr)
         return 2
 
 

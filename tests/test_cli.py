@@ -85,8 +85,8 @@ def _cli(*args, env=None):
     [
         (["run", "missing.ipynb"], "no notebook at missing.ipynb"),
         (["run", "notebooks/00_quickstart.ipynb", "--profile", "warp"], "unknown profile 'warp'"),
-        (["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL=nope"], "unknown model 'nope'"),
-        (["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL"], "--param expects NAME=VALUE"),
+        (["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL=nope"], ": unknown model 'nope'"),
+        (["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL"], "NAME=VALUE, not 'MODEL'"),
         (
             ["run", "notebooks/00_quickstart.ipynb", "--report-dir", "/proc/no/such/dir"],
             "cannot write to /proc/no/such/dir",
