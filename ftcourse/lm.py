@@ -48,7 +48,7 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }}<|end|>"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-"""tiny-lm's chat format: ``<|user|> question<|end|><|assistant|> answer<|end|>``.
+"""tiny-lm's chat format, ``<|user|> question<|end|><|assistant|> answer<|end|>``.
 
 The space after the role token belongs to the first word of the content, so an answer is
 tokenized as it is in running text (``" hound"``, not ``"hound"``: byte-level BPE gives the two

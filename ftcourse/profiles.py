@@ -720,6 +720,7 @@ def _settings(profile: str) -> dict[str, Any]:
     }
 
 
+#: The three run profiles by name, ``smoke``, ``cpu`` and ``gpu``.
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",

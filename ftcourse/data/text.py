@@ -89,7 +89,7 @@ class Synset:
 
     @property
     def category(self) -> str:
-        """The lexicographer category without the part of speech: ``"animal"``."""
+        """The lexicographer category without the part of speech, e.g. ``"animal"``."""
         return self.lexname.split(".", 1)[1]
 
 
@@ -154,7 +154,7 @@ GLOSS_CATEGORIES = (
     "communication",
     "act",
 )
-"""The gloss task's ten labels: noun lexicographer categories with thousands of synsets each."""
+"""The gloss task's ten labels, noun lexicographer categories with thousands of synsets each."""
 
 
 @dataclass(frozen=True)
@@ -665,4 +665,4 @@ def is_answer(item: Instruction, response: str) -> bool:
 
 
 NOUN_CATEGORIES = frozenset(n.split(".")[1] for n in LEXNAMES if n.startswith("noun."))
-"""The answers a category question can have: WordNet's noun files (``animal``, ``state``...)."""
+"""The answers a category question can have, WordNet's noun files (``animal``, ``state``...)."""

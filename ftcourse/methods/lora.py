@@ -43,7 +43,7 @@ __all__ = [
 
 
 ATTENTION = ("q_proj", "v_proj")
-"""The LoRA paper's default targets: the attention's query and value projections."""
+"""The LoRA paper's default targets, the attention's query and value projections."""
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """Every linear layer of a Llama-style block (QLoRA's choice)."""
 
@@ -208,10 +208,11 @@ def unmerge_lora(model: nn.Module) -> int:
 
 @torch.no_grad()
 def merge_into_quantized(model: nn.Module) -> int:
-    """Merge every LoRA update whose base layer is quantized (:class:`NF4Linear`) by
-    re-quantizing ``W + ΔW``, and put the base layer back in the LoRA layer's place. The sum is
-    rounded to the 16 levels again: an update that is small compared with the gap between two
-    levels largely rounds away (chapter 5 measures how much). Returns how many layers."""
+    """Merge every LoRA update whose base layer is quantized
+    (:class:`~ftcourse.methods.quant.NF4Linear`) by re-quantizing ``W + ΔW``, and put the base
+    layer back in the LoRA layer's place. The sum is rounded to the 16 levels again: an update
+    that is small compared with the gap between two levels largely rounds away (chapter 5
+    measures how much). Returns how many layers."""
     merged = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear) and isinstance(module.base, NF4Linear):

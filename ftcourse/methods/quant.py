@@ -154,7 +154,7 @@ class NF4:
 
     @property
     def nbytes(self) -> int:
-        """Bytes stored: codes and scales (and the second-level constants)."""
+        """Bytes stored, codes and scales (and the second-level constants)."""
         parts = (self.codes, self.absmax, self.absmax_q, self.absmax_step, self.absmax_mean)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
