@@ -19,13 +19,14 @@ DEPS_STAMP := $(VENV)/.ftcourse-deps-$(DEPS_HASH)
 # Offline by default: nothing at run time may wait for a model or dataset hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 FTCOURSE_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 # Executed notebooks (tests, book, `make run`) store no progress bars.
-BATCH := $(OFFLINE) FTCOURSE_PROGRESS=0
+BATCH := $(OFFLINE) FTCOURSE_PROGRESS=0 TQDM_DISABLE=1
 
-.PHONY: setup test book lab run doctor lint bench select-lr clean help
+.PHONY: setup browser test site-test book lab run doctor lint bench select-lr clean help
 
 help:
 	@echo "make book    build the website (executes every notebook in the cpu profile)"
-	@echo "make test    unit tests + every notebook in the smoke profile + nbval"
+	@echo "make test    unit tests + every notebook in the smoke profile + nbval + the website in Chromium"
+	@echo "make site-test  the browser tests against the cpu book of make book (_build/html)"
 	@echo "make setup   create $(VENV), install ftcourse[$(EXTRAS)], fetch the datasets"
 	@echo "make lab     open the notebooks in JupyterLab"
 	@echo "make run NB=notebooks/00_quickstart.ipynb PROFILE=cpu   execute one notebook"
@@ -49,9 +50,24 @@ setup: $(DEPS_STAMP)
 	@$(PY) -I -c "import ftcourse, pathlib, sys; sys.exit(pathlib.Path(ftcourse.__file__).parent != pathlib.Path('ftcourse').resolve())" \
 		|| $(PY) -m pip install -q --no-deps -e .
 	$(VENV)/bin/ftcourse data fetch
+	@$(MAKE) --no-print-directory browser
+
+# The browser tests drive the system's Chromium (Playwright's own download needs the internet).
+# As root with apt-get, install Debian's; otherwise say how (tests/test_site.py fails the same way).
+browser:
+	@$(PY) -c "import sys; sys.path.insert(0, 'tests'); import sitecheck; sitecheck.find_chromium()" 2>/dev/null \
+		|| { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Chromium for the browser tests (apt-get install chromium)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "note: no Chromium for the browser tests: install it (e.g. sudo apt-get install chromium) or set FTCOURSE_CHROMIUM=/path/to/chromium"; \
+		fi; }
 
 test: setup
 	$(BATCH) FTCOURSE_PROFILE=smoke $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+site-test: setup
+	$(OFFLINE) FTCOURSE_SITE=_build/html $(PY) -m pytest -q tests/test_site.py -p no:cacheprovider
 
 # The book's execution cache is keyed by the notebooks' code only; a change to the package, a
 # zoo model or a stored result must re-execute them too, so such a change empties the cache.
@@ -79,7 +95,7 @@ lab: setup
 
 lint: setup
 	$(VENV)/bin/ruff check ftcourse tests benchmarks
-	$(VENV)/bin/ruff format --check ftcourse tests benchmarks
+	$(VENV)/bin/ruff format --check ftcourse tests benchmarks notebooks
 
 # Benchmarks write benchmarks/results/*.csv and the book pages generated from them. Run them on
 # an otherwise idle machine: a second torch process on two cores ruins every timing.
