@@ -14,12 +14,13 @@ import functools
 import hashlib
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import urljoin, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
 import yaml
 
@@ -324,15 +325,11 @@ def problems(audit: Audit, html: Path, min_font_px: float = 11.0) -> dict[str, l
 
 @functools.cache
 def _ids(path: Path) -> frozenset[str]:
-    import re
-
     return frozenset(re.findall(r'\sid="([^"]+)"', path.read_text(errors="replace")))
 
 
 def broken_links(urls: list[str], html: Path) -> list[str]:
     """Same-site links whose file, or whose ``#anchor`` in that file, does not exist."""
-    from urllib.parse import unquote
-
     broken = []
     for url in sorted(set(urls)):
         parsed = urlparse(url)
