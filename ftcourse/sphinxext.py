@@ -179,8 +179,7 @@ def _helpers_line(app: Any, doctree: Any, docname: str) -> None:
     code = "\n".join(
         block.astext()
         for block in doctree.findall(nodes.literal_block)
-        if "cell_input" in block.parent.get("classes", [])
-        or "cell_input" in getattr(block.parent.parent, "get", lambda *_: [])("classes", [])
+        if any("cell_input" in a.get("classes", []) for a in _ancestors(block))
     )
     modules = imported_modules(code)
     section = doctree.next_node(nodes.section)
@@ -221,7 +220,9 @@ def _link_terms(app: Any, doctree: Any, docname: str) -> None:
     """Link the first use of each glossary term in a page's prose to its glossary entry."""
     if docname == GLOSSARY_PAGE or not docname.startswith("notebooks/"):
         return
-    patterns = _term_patterns(app)
+    patterns = getattr(app, "_ftcourse_terms", None)
+    if patterns is None:  # once per build: every page is read by now (doctree-resolved)
+        patterns = app._ftcourse_terms = _term_patterns(app)
     linked: set[str] = set()
     for text in list(doctree.findall(nodes.Text)):
         parent = text.parent
@@ -234,7 +235,7 @@ def _link_terms(app: Any, doctree: Any, docname: str) -> None:
 
 def _ancestors(node: Any):
     node = node.parent
-    while node is not None:
+    while isinstance(node, nodes.Element):
         yield node
         node = node.parent
 
