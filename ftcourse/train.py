@@ -34,6 +34,8 @@ from .precision import autocast
 
 PROGRESS_ENV = "FTCOURSE_PROGRESS"
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Augment = Callable[[torch.Tensor], torch.Tensor]
+ExtraLoss = Callable[[nn.Module], torch.Tensor]
 
 
 def show_progress(progress: bool | str = True) -> bool:
@@ -78,6 +80,7 @@ class Curve:
     best_step: int = 0
     best_val_acc: float = float("nan")
     steps_run: int = 0
+    extra: dict = field(default_factory=dict)  # what a training loop adds (chapter 8's rounds)
 
     @property
     def best_seconds(self) -> float:
@@ -208,12 +211,22 @@ def _step(
     x: torch.Tensor,
     y: torch.Tensor,
     device: torch.device | str,
+    augment: Augment | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> tuple[float, int]:
-    """One optimizer step; returns (summed loss, number correct) for the batch."""
+    """One optimizer step; returns (summed loss, number correct) for the batch.
+
+    ``augment`` transforms the batch's inputs first; ``extra_loss(model)`` is added to the
+    batch's loss (chapter 8: a consistency loss on unlabelled images).
+    """
     x, y = x.to(device), y.to(device)
+    if augment is not None:
+        x = augment(x)
     with autocast(device):
         logits = model(x)
     loss = loss_fn(logits.float(), y)
+    if extra_loss is not None:
+        loss = loss + extra_loss(model)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -372,6 +385,9 @@ def fit_steps(
     schedule: str = "cosine",
     restore_best: bool = True,
     progress: bool | str = True,
+    augment: Augment | None = None,
+    extra_loss: ExtraLoss | None = None,
+    drop_last: bool = False,
 ) -> Curve:
     """Train for at most ``max_steps`` AdamW steps; choose the length on ``val_set``.
 
@@ -384,6 +400,11 @@ def fit_steps(
     learning rate ends in a calm phase whose checkpoints validation can compare (with a constant
     rate, ``"constant"``, a high rate leaves noisy curves whose best point is partly luck).
     Taught in chapter 0 (fair comparisons: a step budget, the length chosen on validation).
+    ``augment`` transforms every training batch's inputs (e.g. :func:`ftcourse.semi.weak`)
+    and ``extra_loss(model)`` adds a term to every step's loss (e.g.
+    :class:`ftcourse.semi.FixMatch`'s consistency loss on unlabelled images); both chapter 8.
+    ``drop_last`` skips an epoch's last, smaller batch (a batch of one cannot train BatchNorm:
+    chapter 8's pseudo-labelled sets change size every round).
 
     Returns:
         the :class:`Curve` of validation checkpoints, with ``best_step`` and ``steps_run``.
@@ -403,7 +424,13 @@ def fit_steps(
         optimizer, cosine_schedule(max_steps) if schedule == "cosine" else (lambda step: 1.0)
     )
     loss_fn = loss_fn or nn.functional.cross_entropy
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
+    loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=drop_last and len(train_set) >= batch_size,
+    )
     curve = Curve(lr=lr)
     best_state = None
     train_seconds = loss_sum = correct = seen = 0.0
@@ -414,7 +441,7 @@ def fit_steps(
     for step in range(1, max_steps + 1):
         x, y = next(batches)
         start = time.perf_counter()
-        batch_loss, right = _step(model, optimizer, loss_fn, x, y, device)
+        batch_loss, right = _step(model, optimizer, loss_fn, x, y, device, augment, extra_loss)
         scheduler.step()
         train_seconds += time.perf_counter() - start
         loss_sum, correct, seen = loss_sum + batch_loss, correct + right, seen + len(y)
