@@ -14,6 +14,7 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -172,6 +173,39 @@ def bars(
     ax.bar_label(drawn, fmt="%.3f", padding=3)
     ax.set_ylabel(ylabel)
     return ax
+
+
+def lr_choice(
+    rows: Sequence[Mapping[str, Any]],
+    arms: Sequence[str],
+    budgets: Sequence[int],
+    chosen: Mapping[str, Sequence[float]],
+    title: str,
+) -> plt.Figure:
+    """The evidence for stored learning rates: mean validation accuracy against the rate, one
+    panel per label budget, one line per arm, the chosen rate circled. ``rows`` are
+    ``benchmarks/select_lr.py``'s CSV rows; ``chosen[arm]`` is aligned with ``budgets``.
+    Used by chapter 8."""
+    fig, axes = plt.subplots(1, len(budgets), figsize=(9, 3.4), sharey=True, squeeze=False)
+    for ax, labels in zip(axes[0], budgets, strict=True):
+        for i, arm in enumerate(arms):
+            sel = [r for r in rows if r["arm"] == arm and int(r["labels_per_class"]) == labels]
+            lrs = sorted({float(r["lr"]) for r in sel})
+            means = [
+                np.mean([float(r["val_acc"]) for r in sel if float(r["lr"]) == lr]) for lr in lrs
+            ]
+            ax.plot(lrs, means, "o-", color=f"C{i}", label=arm)
+            lr = chosen[arm][list(budgets).index(labels)]
+            ax.plot([lr], [means[lrs.index(lr)]], "o", ms=13, mfc="none", color=f"C{i}")
+        ax.set_xscale("log")
+        ax.set_title(f"{labels} labels per class")
+        ax.set_xlabel("learning rate")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy\n(mean over seeds)")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(arms))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
 
 
 def save(fig: plt.Figure, name: str) -> Path | None:
