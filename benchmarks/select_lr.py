@@ -10,13 +10,15 @@ Appendix A1 does the same for its two measurements (gloss classification, knowle
 into ``lr_selection_A1.csv`` and ``foundation.lr_selected``; chapter 4 for each of its arms
 into ``lr_selection_04.csv`` and ``additive.lr_selected``; chapter 5 likewise into
 ``lr_selection_05.csv`` and ``lora.lr_selected``; chapter 6 for its tuned arms into
-``lr_selection_06.csv`` and ``instruct.lr_selected``.
+``lr_selection_06.csv`` and ``instruct.lr_selected``; chapter 8 for its four arms at every
+label budget into ``lr_selection_08.csv`` and ``semi.lr_selected``.
 
     python benchmarks/select_lr.py            # chapter 1: about 9 minutes on 2 CPU cores
     python benchmarks/select_lr.py --notebook A1_foundation_model   # about 9 minutes
     python benchmarks/select_lr.py --notebook 04_additive           # about 15 minutes
     python benchmarks/select_lr.py --notebook 05_lora               # about 12 minutes
     python benchmarks/select_lr.py --notebook 06_instruction_tuning # about 13 minutes
+    python benchmarks/select_lr.py --notebook 08_semi_supervised    # about 12 minutes
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ RESULTS_A1 = Path(__file__).parent / "results" / "lr_selection_A1.csv"
 RESULTS_04 = Path(__file__).parent / "results" / "lr_selection_04.csv"
 RESULTS_05 = Path(__file__).parent / "results" / "lr_selection_05.csv"
 RESULTS_06 = Path(__file__).parent / "results" / "lr_selection_06.csv"
+RESULTS_08 = Path(__file__).parent / "results" / "lr_selection_08.csv"
 FIELDS = ["notebook", "model", "labels_per_class", "arm", "lr", "seed", "val_acc", "best_step"]
 
 
@@ -265,6 +268,47 @@ def peft_rows(
     return rows, chosen
 
 
+def semi_rows(profile: str, device: torch.device) -> tuple[list[dict], dict]:
+    """Chapter 8: supervised, pseudo-labelling, FixMatch and SimCLR + fine-tune, every label
+    budget (validation as small as the training split), every seed, every lr. The SimCLR
+    encoder is trained once, as in the notebook."""
+    from ftcourse import semi
+
+    cfg = get_profile(profile).section("semi")
+    task = semi.task(cfg["unlabelled"], cfg["test_size"])
+    encoder, _ = semi.simclr_encoder(cfg["model"], task.unlabelled.tensors[0], cfg, device=device)
+    rows = []
+    for labels, steps in zip(cfg["labels_per_class"], cfg["max_steps"], strict=True):
+        budget = experiments.Budget(steps, cfg["eval_every"], cfg["patience"], cfg["batch_size"])
+        for arm, (make, fit) in semi.arms(cfg["model"], cfg, task.unlabelled, encoder).items():
+            start = time.perf_counter()
+            rows += experiments.grid_search(
+                {arm: make},
+                task.splits(labels),
+                seeds=cfg["seeds"],
+                lrs=cfg["lrs"],
+                budget=budget,
+                device=device,
+                fit=fit,
+                notebook="08_semi_supervised",
+                model=cfg["model"],
+                task="fashion-mnist 5-9",
+                labels_per_class=labels,
+            )
+            print(f"{labels} labels, {arm}: {time.perf_counter() - start:.0f} s", flush=True)
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    chosen = {
+        cfg["model"]: {
+            arm: [
+                experiments.chosen_lr(rows, arm=arm, labels_per_class=labels)
+                for labels in cfg["labels_per_class"]
+            ]
+            for arm in arms
+        }
+    }
+    return rows, chosen
+
+
 def write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
     """Write the grid's rows (only ``fields``, in that order) as CSV."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,6 +330,7 @@ def main() -> None:
             "04_additive",
             "05_lora",
             "06_instruction_tuning",
+            "08_semi_supervised",
         ],
     )
     parser.add_argument(
@@ -300,6 +345,7 @@ def main() -> None:
             "04_additive": (additive_rows, RESULTS_04, "additive"),
             "05_lora": (lora_rows, RESULTS_05, "lora"),
             "06_instruction_tuning": (instruct_rows, RESULTS_06, "instruct"),
+            "08_semi_supervised": (semi_rows, RESULTS_08, "semi"),
         }[args.notebook]
         if args.notebook == "06_instruction_tuning" and args.arms:
             rows, chosen = instruct_rows(args.profile, device, args.arms.split(","))

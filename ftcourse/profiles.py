@@ -699,6 +699,80 @@ _RLHF_COMMON = {
     "dpo_sft_weight": 1.0,
 }
 
+# Chapter 8: semi-supervised fine-tuning. The validation split is as small as the training
+# split (val_per_class = labels_per_class): with 2 labels per class, nobody has 40 more.
+_SEMI = {
+    "smoke": {
+        "model": "tiny-cnn",
+        "labels_per_class": [2, 5],
+        "max_steps": [4, 4],
+        "eval_every": 2,
+        "seeds": [0],
+        "batch_size": 10,  # 25 labelled images in batches of 8 would leave a batch of one
+        "test_size": 100,
+        "unlabelled": 300,
+        "rounds": 1,
+        "unlabelled_batch": 16,
+        "simclr_steps": 2,
+        "simclr_batch": 32,
+        "lrs": [3e-2],
+        "lr_selected": {},
+        # a 4-step model may be sure of nothing: select every image, so each path runs
+        "threshold": 0.0,
+        "low_threshold": 0.0,
+    },
+    "cpu": {
+        "model": "tiny-cnn",
+        "labels_per_class": [2, 5, 20],
+        "max_steps": [50, 70, 100],
+        "eval_every": 10,
+        "seeds": [0, 1, 2],
+        "batch_size": 16,  # 32 made the notebook too slow for 4 minutes on an AVX2 CPU
+        "test_size": 1000,
+        "unlabelled": 4000,
+        "rounds": 2,
+        "unlabelled_batch": 32,  # FixMatch's 7 per labelled image does not fit: 2 here
+        "simclr_steps": 60,
+        "simclr_batch": 128,
+        "lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+        # Chosen on validation by benchmarks/select_lr.py --notebook 08_semi_supervised
+        # (evidence: lr_selection_08.csv, plotted in the notebook; tests/test_bench.py checks).
+        "lr_selected": {
+            "tiny-cnn": {
+                "supervised": [3e-3, 1e-2, 1e-2],
+                "pseudo-label": [3e-3, 1e-2, 1e-2],
+                "FixMatch": [3e-2, 3e-2, 3e-2],
+                "SimCLR + fine-tune": [1e-1, 3e-2, 1e-2],
+            }
+        },
+        "threshold": 0.95,  # FixMatch's value, for pseudo-labels and the consistency loss
+        "low_threshold": 0.5,  # the too-low threshold of the confirmation-bias experiment
+    },
+    "gpu": {
+        "model": "efficientnet-lite0",
+        "labels_per_class": [2, 5, 20, 50],
+        "max_steps": [150, 200, 300, 400],
+        "eval_every": 25,
+        "seeds": [0, 1, 2, 3, 4],
+        "batch_size": 32,
+        "test_size": 5000,
+        "unlabelled": 20000,
+        "rounds": 3,
+        "unlabelled_batch": 224,  # FixMatch's ratio: 7 unlabelled images per labelled one
+        "simclr_steps": 400,
+        "simclr_batch": 256,
+        "lrs": [3e-4, 1e-3, 3e-3],
+        "lr_selected": {},
+        "threshold": 0.95,
+        "low_threshold": 0.5,
+    },
+}
+_SEMI_COMMON = {
+    "patience": None,
+    "fixmatch_weight": 1.0,
+    "simclr_lr": 2e-3,
+}
+
 _CHAPTERS = {
     "quickstart": (_QUICKSTART, _QUICKSTART_COMMON),
     "pretraining": (_PRETRAINING, _PRETRAINING_COMMON),
@@ -709,6 +783,7 @@ _CHAPTERS = {
     "lora": (_LORA, _LORA_COMMON),
     "instruct": (_INSTRUCT, _INSTRUCT_COMMON),
     "rlhf": (_RLHF, _RLHF_COMMON),
+    "semi": (_SEMI, _SEMI_COMMON),
 }
 
 

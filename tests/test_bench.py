@@ -140,6 +140,23 @@ def test_the_stored_instruct_learning_rates_are_what_the_evidence_chooses():
         assert min(grid) < stored[arm] < max(grid), f"{arm}: the choice is at the grid's edge"
 
 
+def test_the_stored_semi_learning_rates_are_what_the_evidence_chooses():
+    """semi.lr_selected (chapter 8) must be the argmax of lr_selection_08.csv for every arm at
+    every label budget, over the profile's grid and seeds."""
+    cfg = PROFILES["cpu"].section("semi")
+    stored = cfg["lr_selected"].get(cfg["model"])
+    assert stored, "the cpu profile stores semi.lr_selected (benchmarks/select_lr.py)"
+    with open(bench.RESULTS_DIR / "lr_selection_08.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == cfg["model"]]
+    assert {int(r["seed"]) for r in rows} == set(cfg["seeds"])
+    assert set(stored) == {"supervised", "pseudo-label", "FixMatch", "SimCLR + fine-tune"}
+    for arm, lrs in stored.items():
+        for labels, lr in zip(cfg["labels_per_class"], lrs, strict=True):
+            mine = [r for r in rows if r["arm"] == arm and int(r["labels_per_class"]) == labels]
+            assert {float(r["lr"]) for r in mine} == set(cfg["lrs"]), f"{arm}: the grid"
+            assert experiments.chosen_lr(mine, arm=arm) == lr, (arm, labels)
+
+
 def test_expected_runtime_prefers_a_cpu_like_this_one(tmp_path):
     fast = dict(_row("00_x", "cpu", "100", cpu="BF16 CPU"), native_bf16="True")
     slow = _row("00_x", "cpu", "200", cpu="AVX2 CPU")
