@@ -34,6 +34,8 @@ TUNED_COMPARISON: dict[str, tuple[float, float]] = {
     "seconds_to_target_finetune": (0.0, 1e4),
     "seconds_to_target_scratch": (0.0, 1e4),
 }
+# Chapter 8's arms as its records name them: supervised_acc, pseudo_acc...
+SEMI_ARMS = ("supervised", "pseudo", "consistency", "simclr_finetune")
 # Metric -> valid range (for a list: of every element), per notebook. Names are a contract.
 EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
     "00_quickstart": {
@@ -197,6 +199,27 @@ EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
         "trl_grpo_true_score_after": (0.0, 1.5),
         "trl_grpo_exact_match_after": UNIT,
     },
+    "08_semi_supervised": {
+        "labels_per_class": (1, 10_000),
+        "num_seeds": (1, 100),
+        **{f"{arm}_{k}": UNIT for arm in SEMI_ARMS for k in ("acc", "std")},
+        **{f"{arm}_lr": (1e-6, 1.0) for arm in SEMI_ARMS},
+        **{f"{arm}_gain": (-1.0, 1.0) for arm in SEMI_ARMS[1:]},
+        "pseudo_label_precision": UNIT,
+        "pseudo_label_coverage": UNIT,
+        "pseudo_round_acc": UNIT,
+        "low_threshold_acc": UNIT,
+        "low_threshold_precision": UNIT,
+        "low_threshold_coverage": UNIT,
+        "val_optimism": (-1.0, 1.0),
+        "hand_coverage": UNIT,
+        "hand_precision": UNIT,
+        "hand_balanced_precision": UNIT,
+        "hand_class_ratio": (1.0, 1e6),
+        "labelled_share_round1": UNIT,
+        "fixmatch_mask_rate_end": UNIT,
+        "simclr_loss_last": (0.0, 10.0),
+    },
 }
 # Records that are dicts, with the keys every such dict must have and the range of its values.
 TASKS = {"count", "first", "repeat", "next", "hypernym", "category", "antonym"}
@@ -261,6 +284,12 @@ ALIGNED = {
         "ppo_exact_match_after",
         "ppo_polite_after",
         "ppo_true_score_after_std",
+    ],
+    "08_semi_supervised": [
+        "labels_per_class",
+        *(f"{arm}_{k}" for arm in SEMI_ARMS for k in ("acc", "std", "lr")),
+        *(f"{arm}_gain" for arm in SEMI_ARMS[1:]),
+        "val_optimism",
     ],
 }
 # Markdown may cite a run's numbers only through glue roles: a decimal number or a
@@ -374,6 +403,11 @@ def test_notebook_runs_in_smoke_profile(path, tmp_path):
     assert len({len(metrics[name]) for name in aligned}) <= 1, "lists are not aligned"
     if path.stem == "03_partial_finetuning":
         assert metrics["unfrozen_blocks"][0] == 0
+    if path.stem == "08_semi_supervised":  # per round: 1..R, and 0..R for accuracies
+        rounds = PROFILES["smoke"].get("semi.rounds")
+        for name in ("pseudo_label_precision", "pseudo_label_coverage"):
+            assert len(metrics[name]) == len(metrics[f"low_threshold_{name[13:]}"]) == rounds
+        assert len(metrics["pseudo_round_acc"]) == len(metrics["low_threshold_acc"]) == rounds + 1
     assert payload["claims"], "the 'What we measured' section checks no claim"
     executed = nbformat.read(tmp_path / "executed" / f"{path.stem}.smoke.ipynb", as_version=4)
     glued = _glued(executed)
