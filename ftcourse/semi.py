@@ -137,7 +137,7 @@ class PseudoLabels:
 
     @property
     def class_counts(self) -> list[int]:
-        """How many pseudo-labels each class got: is the selection balanced?"""
+        """How many pseudo-labels each class got (is the selection balanced?)."""
         return torch.bincount(self.label, minlength=self.num_classes).tolist()
 
     @property
