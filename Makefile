@@ -32,7 +32,7 @@ help:
 	@echo "make run NB=notebooks/00_quickstart.ipynb PROFILE=cpu   execute one notebook"
 	@echo "make doctor  check versions, CPU and bf16, a speed probe, datasets and zoo models"
 	@echo "make bench   time the notebooks (smoke, cpu), fit vs bare loop vs HF Trainer, LM throughput, SmolLM2"
-	@echo "make select-lr  re-choose the learning rates of chapters 1, 4, 5 and A1 on validation (benchmarks/select_lr.py)"
+	@echo "make select-lr  re-choose the learning rates of chapters 1, 4, 5, 6, 8 and A1 on validation (benchmarks/select_lr.py)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -107,6 +107,8 @@ select-lr: setup
 	$(BATCH) $(PY) benchmarks/select_lr.py --notebook A1_foundation_model
 	$(BATCH) $(PY) benchmarks/select_lr.py --notebook 04_additive
 	$(BATCH) $(PY) benchmarks/select_lr.py --notebook 05_lora
+	$(BATCH) $(PY) benchmarks/select_lr.py --notebook 06_instruction_tuning
+	$(BATCH) $(PY) benchmarks/select_lr.py --notebook 08_semi_supervised
 
 clean:
 	rm -rf _build
