@@ -410,7 +410,8 @@ def with_head(encoder: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
     try:
         missing, unexpected = model.load_state_dict(encoder.state_dict(), strict=False)
     except RuntimeError as err:  # shapes differ
-        raise ValueError(f"encoder does not fit: {str(err).splitlines()[1].strip()}") from None
+        detail = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
+        raise ValueError(f"encoder does not fit: {detail}") from None
     classifier = model.get_classifier()
     name = next(n for n, m in model.named_modules() if m is classifier)
     head = {f"{name}.{p}" for p, _ in classifier.named_parameters()}
