@@ -8,6 +8,8 @@
   into ``_build/executed/``.
 * ``ftcourse data fetch [NAME ...]`` - obtain datasets (what ``make setup`` runs).
 * ``ftcourse pretrain {cnn,lm}`` - rebuild a zoo model.
+* ``ftcourse study CHAPTER [--regime native|fp32|avx2]`` - run or resume a chapter's reference
+  study (``benchmarks/results/studies/``).
 
 Every error a user can cause (a missing notebook, an unknown profile, dataset or model, a
 report folder that cannot be written) ends in one line on stderr and exit status 2, not a
@@ -237,6 +239,20 @@ def _writable(folder: str | Path) -> Path:
     return folder
 
 
+def study(args: argparse.Namespace) -> int:
+    """``ftcourse study CHAPTER --regime R``: run or resume a reference study in a fresh
+    process whose environment holds the regime (:func:`ftcourse.studies.launch`)."""
+    from . import studies
+    from .chapters import module_for
+
+    module_for(args.chapter)  # an unknown chapter is one line, before any work
+    if args.regime not in studies.REGIMES:
+        raise UsageError(
+            f"unknown regime {args.regime!r}; choose one of {', '.join(studies.REGIMES)}"
+        )
+    return studies.launch(args.chapter, args.regime, args.max_runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ftcourse`` command; user errors become one line on stderr and exit code 2."""
     try:
@@ -289,6 +305,14 @@ def _main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "pretrain", help="rebuild a zoo model (see: ftcourse pretrain -h)", add_help=False
     )
+    st = sub.add_parser(
+        "study", help="run (or resume) a chapter's reference study, e.g. ftcourse study 00"
+    )
+    st.add_argument("chapter", help="the chapter's number, e.g. 00")
+    st.add_argument(
+        "--regime", default="native", help="native (default), fp32 or avx2 (imitated AVX2-only CPU)"
+    )
+    st.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     args, rest = parser.parse_known_args(argv)
     if args.command == "pretrain":
         from .pretrain import main as pretrain_main
@@ -296,7 +320,7 @@ def _main(argv: list[str] | None = None) -> int:
         return pretrain_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    handlers = {"doctor": doctor, "run": run, "data": data_fetch}
+    handlers = {"doctor": doctor, "run": run, "data": data_fetch, "study": study}
     return handlers[args.command](args)
 
 

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from .memory import count_parameters
 from .profiles import seed_everything
-from .train import Curve, evaluate, fit_steps
+from .train import Curve, correct, evaluate, fit_steps
 
 # A model factory gets the seed's training split (sparse masks need it) and returns the model
 # ready to train, or (model, extra) where ``extra`` is stored in ``Trial.extra``.
@@ -81,6 +81,8 @@ class Trial:
     curve: Curve
     grid: dict[float, float] = field(default_factory=dict)  # lr -> best val acc (tuned seeds)
     extra: dict[str, Any] = field(default_factory=dict)
+    # per-test-item correctness (accuracy tasks): intervals include the test sample's luck
+    correct: np.ndarray | None = None
 
     @property
     def hit_budget(self) -> bool:
@@ -172,6 +174,7 @@ def run_arm(
                 best = (curve, model, module, test, extra)
         curve, model, module, test, extra = best
         chosen_lr = curve.lr
+        right = correct(module, test, device).numpy() if score is evaluate else None
         trials.append(
             Trial(
                 arm=arm,
@@ -181,11 +184,12 @@ def run_arm(
                 steps_run=curve.steps_run,
                 seconds=curve.best_seconds,
                 val_acc=curve.best_val_acc,
-                test_acc=score(module, test, device),
+                test_acc=float(right.mean()) if right is not None else score(module, test, device),
                 trainable=count_parameters(model, trainable_only=True),
                 curve=curve,
                 grid=grid if len(grid) > 1 else {},
                 extra={**extra, **(measure(model) if measure else {})},
+                correct=right,
             )
         )
     return trials

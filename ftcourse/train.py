@@ -147,13 +147,15 @@ def linear_probe(
     test: tuple[torch.Tensor, torch.Tensor],
     l2: float = 1e-3,
     max_iter: int = 200,
-) -> float:
+    per_item: bool = False,
+) -> float | torch.Tensor:
     """Test accuracy of a logistic-regression head fitted on frozen features.
 
     ``train`` and ``test`` are ``(features [N, D], labels [N])``. Features are standardised
     with the training statistics; the head is fitted by L-BFGS with an L2 penalty ``l2``
     (a fixed recipe, not tuned). The standard way to ask "how good are these features?"
-    (chapters 0, 1 and 3).
+    (chapters 0, 1 and 3). ``per_item=True`` returns each test example's correctness (a bool
+    tensor) instead of the accuracy.
     """
     (xtr, ytr), (xte, yte) = train, test
     mean, std = xtr.mean(0), xtr.std(0) + 1e-6
@@ -170,7 +172,18 @@ def linear_probe(
     with torch.enable_grad():
         opt.step(closure)
     with torch.no_grad():
-        return (head(xte).argmax(1) == yte).float().mean().item()
+        right = head(xte).argmax(1) == yte
+    return right if per_item else right.float().mean().item()
+
+
+def correct(
+    model: nn.Module, data: Dataset | DataLoader, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Per-example correctness (a bool tensor) of ``model`` on ``(x, y)`` pairs: what a
+    reference study stores, so that intervals include the luck of the test sample
+    (:func:`ftcourse.studies.interval`). Chapter 0."""
+    labels = torch.cat([y for _, y in _batches(data)])
+    return predict(model, data, device).argmax(dim=-1) == labels
 
 
 @torch.no_grad()

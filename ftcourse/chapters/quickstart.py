@@ -1,0 +1,239 @@
+"""Chapter 0 (quickstart): fine-tune a pretrained model or train it from scratch?
+
+The task: Fashion-MNIST classes 5-9 (sandals, shirts, sneakers, bags, ankle boots), a few
+labelled images per class, a validation split for every choice, the test split once. The
+arms: a zoo model fine-tuned from its pretrained weights, the same architecture trained from
+scratch (each with its own learning rate and length chosen on validation), scratch trained
+the first edition's untuned way, and linear probes on frozen features.
+
+The notebook's live run and the reference study (``ftcourse study 00``) both use
+:func:`task` and :func:`arms`. The study runs them for two models: **tiny-cnn** (pretrained
+by the course on 30,000 images of five other garments) and **efficientnet-lite0** (ImageNet,
+at 96×96 pixels to fit a CPU), which is where the source's claim can hold on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import data, models, studies
+from ..profiles import seed_everything
+from ..train import correct, features, fit, fit_steps, linear_probe
+
+STUDY = "00"
+TARGET_CLASSES = (5, 6, 7, 8, 9)
+KEYS = ("model", "arm", "labels_per_class", "seed", "lr")
+
+
+@dataclass(frozen=True)
+class Task:
+    """The few-label task: a pool to draw from, a fixed test set, and the split per seed."""
+
+    pool: torch.utils.data.TensorDataset
+    test_set: torch.utils.data.Dataset
+    labels_per_class: int
+    val_per_class: int
+
+    def splits(self, seed: int) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+        """The seed's labelled training images and its validation images (disjoint)."""
+        return data.few_label_split(self.pool, self.labels_per_class, self.val_per_class, seed=seed)
+
+
+def task(labels_per_class: int, val_per_class: int, test_size: int) -> Task:
+    """Fashion-MNIST classes 5-9: the training split is the pool, a fixed random subset of
+    the test split (``test_size`` images, the same for every arm) the test set."""
+    pool = data.image_task("fashion-mnist", TARGET_CLASSES, "train")
+    test = data.random_subset(data.image_task("fashion-mnist", TARGET_CLASSES, "test"), test_size)
+    return Task(pool, test, labels_per_class, val_per_class)
+
+
+def load_model(model: str, pretrained: bool, resolution: int | None = None) -> torch.nn.Module:
+    """``model`` with a fresh 5-way head, pretrained or random; ``resolution`` resizes the
+    input adapter of a model that has one (efficientnet-lite0 at 96×96 instead of 224×224)."""
+    k = len(TARGET_CLASSES)
+    net = models.load(model, num_classes=k).model if pretrained else models.build(model, k)
+    if resolution is not None and hasattr(net, "input_adapter"):
+        net.input_adapter.size = (resolution, resolution)
+    return net
+
+
+def arms(model: str, resolution: int | None = None) -> dict[str, Callable[[Any], torch.nn.Module]]:
+    """The two trained arms: ``fine-tune`` (pretrained weights, new head) and ``scratch``."""
+    return {
+        "fine-tune": lambda train: load_model(model, True, resolution),
+        "scratch": lambda train: load_model(model, False, resolution),
+    }
+
+
+# --------------------------------------------------------------------------- the study
+
+# What the reference study runs. Budgets are long enough that few runs end at their last
+# step (the study reports the rate); grids are extended by the plan until every choice is
+# interior. The untuned arm is the first edition's recipe: lr 3e-3 for 30 epochs.
+LABELS_PER_CLASS = 10
+VAL_PER_CLASS = 40
+TEST_SIZE = 2000
+TUNING_SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Setting:
+    lrs: tuple[float, ...]
+    max_steps: int
+    eval_every: int
+    batch_size: int
+    seeds: tuple[int, ...]
+    resolution: int | None = None
+
+
+SETTINGS: dict[tuple[str, str], Setting] = {
+    ("tiny-cnn", "fine-tune"): Setting((1e-2, 3e-2, 1e-1, 3e-1), 400, 20, 32, tuple(range(10))),
+    ("tiny-cnn", "scratch"): Setting((1e-2, 3e-2, 1e-1, 3e-1), 400, 20, 32, tuple(range(10))),
+    ("tiny-cnn", "untuned"): Setting((3e-3,), 30, 0, 32, tuple(range(10))),
+    ("tiny-cnn", "probe"): Setting((0.0,), 0, 0, 0, tuple(range(10))),
+    ("efficientnet-lite0", "probe"): Setting((0.0,), 0, 0, 0, tuple(range(10))),
+    ("efficientnet-lite0", "fine-tune"): Setting(
+        (3e-4, 1e-3, 3e-3), 100, 10, 16, tuple(range(8)), 96
+    ),
+    ("efficientnet-lite0", "scratch"): Setting(
+        (1e-3, 3e-3, 1e-2, 3e-2), 300, 20, 16, tuple(range(8)), 96
+    ),
+}
+MAX_GRID_EXTENSIONS = 3  # at most this many rates added beyond an edge choice
+
+
+def _next_rate(lr: float, up: bool) -> float:
+    """The neighbour of ``lr`` on the 1-3-10 grid (3e-3 -> 1e-2 up, -> 1e-3 down)."""
+    exponent = int(np.floor(np.log10(lr) + 1e-9))
+    ladder = [m * 10.0**e for e in (exponent - 1, exponent, exponent + 1) for m in (1, 3)]
+    i = min(range(len(ladder)), key=lambda j: abs(np.log(ladder[j] / lr)))
+    return float(f"{ladder[i + (1 if up else -1)]:.0e}")
+
+
+def _grid(rows: Sequence[Mapping[str, Any]], model: str, arm: str) -> list[float]:
+    """The arm's grid, extended beyond an edge that the tuning seeds chose (at most
+    :data:`MAX_GRID_EXTENSIONS` rates), so that the choice ends up interior."""
+    base = set(SETTINGS[(model, arm)].lrs)
+    lrs = base | {float(r["lr"]) for r in rows if (r["model"], r["arm"]) == (model, arm)}
+    chosen, _ = studies.choose_lr(rows, TUNING_SEEDS, model=model, arm=arm)
+    if chosen is not None and len(lrs - base) < MAX_GRID_EXTENSIONS:
+        if chosen == max(lrs):
+            lrs.add(_next_rate(chosen, up=True))
+        elif chosen == min(lrs):
+            lrs.add(_next_rate(chosen, up=False))
+    return sorted(lrs)
+
+
+def plan(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The runs the study still needs: the grid on the tuning seeds (extended until the
+    choice is interior), then every other seed at the chosen rate."""
+    out = []
+    for (model, arm), s in SETTINGS.items():
+        base = {"model": model, "arm": arm, "labels_per_class": LABELS_PER_CLASS}
+        if len(s.lrs) == 1:
+            out += [{**base, "seed": seed, "lr": s.lrs[0]} for seed in s.seeds]
+            continue
+        grid = _grid(rows, model, arm)
+        out += [{**base, "seed": seed, "lr": lr} for seed in TUNING_SEEDS for lr in grid]
+        chosen, _ = studies.choose_lr(rows, TUNING_SEEDS, model=model, arm=arm)
+        settled = chosen is not None and (
+            grid[0] < chosen < grid[-1] or len(set(grid) - set(s.lrs)) >= MAX_GRID_EXTENSIONS
+        )
+        if settled and chosen in grid:
+            out += [{**base, "seed": seed, "lr": chosen} for seed in s.seeds]
+    return out
+
+
+_cache: dict[str, Any] = {}
+
+
+def _study_task() -> Task:
+    if "task" not in _cache:
+        _cache["task"] = task(LABELS_PER_CLASS, VAL_PER_CLASS, TEST_SIZE)
+    return _cache["task"]
+
+
+def _probe(model: str, seed: int, device: Any) -> dict[str, Any]:
+    """A logistic-regression probe on ``model``'s frozen features (at its own resolution)."""
+    t = _study_task()
+    net = models.load(model).model.to(device)
+    if ("feats", model) not in _cache:
+        _cache[("feats", model)] = features(net, t.test_set, device)
+    test_feats = _cache[("feats", model)]
+    train, val = t.splits(seed)
+    right = linear_probe(features(net, train, device), test_feats, per_item=True)
+    val_acc = linear_probe(features(net, train, device), features(net, val, device))
+    return _result(val_acc, 0, 0, 0, 0.0, right)
+
+
+def _result(val_acc, best_step, steps_run, max_steps, seconds, right) -> dict[str, Any]:
+    right = np.asarray(right, dtype=bool)
+    return {
+        "val_acc": round(float(val_acc), 4),
+        "best_step": best_step,
+        "steps_run": steps_run,
+        "max_steps": max_steps,
+        "hit_budget": bool(max_steps and best_step == max_steps),
+        "train_seconds": round(float(seconds), 2),
+        "test_acc": round(float(right.mean()), 4),
+        "test_correct": studies.pack(right),
+    }
+
+
+def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
+    """Train and test one run of the study (see :data:`SETTINGS`)."""
+    model, arm, seed, lr = spec["model"], spec["arm"], int(spec["seed"]), float(spec["lr"])
+    s = SETTINGS[(model, arm)]
+    if arm == "probe":
+        return _probe(model, seed, device)
+    t = _study_task()
+    train, val = t.splits(seed)
+    generator = seed_everything(seed)
+    net = load_model(model, arm == "fine-tune", s.resolution)
+    if arm == "untuned":
+        history = fit(
+            net,
+            train,
+            num_epochs=s.max_steps,
+            lr=lr,
+            batch_size=s.batch_size,
+            generator=generator,
+            device=device,
+            progress=False,
+        )
+        from ..train import evaluate
+
+        steps = s.max_steps * -(-len(train) // s.batch_size)
+        return _result(
+            evaluate(net, val, device),
+            steps,
+            steps,
+            steps,
+            history.seconds,
+            correct(net, t.test_set, device).numpy(),
+        )
+    curve = fit_steps(
+        net,
+        train,
+        lr=lr,
+        max_steps=s.max_steps,
+        val_set=val,
+        eval_every=s.eval_every,
+        batch_size=s.batch_size,
+        generator=generator,
+        device=device,
+        progress=False,
+    )
+    return _result(
+        curve.best_val_acc,
+        curve.best_step,
+        curve.steps_run,
+        s.max_steps,
+        curve.best_seconds,
+        correct(net, t.test_set, device).numpy(),
+    )

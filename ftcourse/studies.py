@@ -1,0 +1,546 @@
+"""Reference studies: the stored evidence that settles a chapter's claims.
+
+A notebook's live run is a glimpse: a few seeds in four minutes on the reader's CPU, whose
+verdicts can flip with the way that CPU rounds. A **reference study** runs the same task and
+arms (imported from the chapter's module in :mod:`ftcourse.chapters`) long enough to be right:
+more seeds, a larger test set, budgets the arms do not exhaust, learning rates chosen on
+validation over several seeds, and in two numeric regimes (the CPU's native precision and
+fp32). Its rows live in ``benchmarks/results/studies/<chapter>/<regime>.csv`` with a
+provenance record beside them, and the page shows them next to the live run.
+
+This module is the chapter-independent part:
+
+* :func:`run` executes a study, **resumably**: every finished run is appended to the CSV at
+  once, and a rerun skips what is stored (a study can span sessions and machines);
+* :func:`load` reads it back as a :class:`Study`; :func:`interval` gives the 95 % interval of
+  a difference between two arms by a bootstrap over seeds *and* test items;
+* :class:`Difference` states a comparison in a generated sentence (a null result as a bound,
+  never as "no effect"), and :func:`agreement` says whether a live run agrees with the study;
+* :class:`Claim` is a sentence the text teaches with the test on the stored study that
+  supports it (``tests/test_studies.py`` checks every claim in every stored regime).
+
+Run a study with ``ftcourse study 00 --regime native`` (and ``--regime fp32``) or
+``make studies``. Introduced in chapter 0 (the quickstart's reference study).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDIES_DIR = Path(
+    os.environ.get("FTCOURSE_STUDIES_DIR", ROOT / "benchmarks" / "results" / "studies")
+)
+
+# A numeric regime is a set of environment variables fixed before torch is imported.
+REGIMES: dict[str, dict[str, str]] = {
+    "native": {"FTCOURSE_PRECISION": "auto"},
+    "fp32": {"FTCOURSE_PRECISION": "fp32"},
+    # An AVX2-only CPU imitated on a newer one (fp32 training, AVX2 kernels).
+    "avx2": {
+        "FTCOURSE_PRECISION": "auto",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+    },
+}
+
+# Columns every row has; a chapter adds its own keys (model, arm, seed, lr, ...).
+RESULT_COLUMNS = (
+    "val_acc",
+    "best_step",
+    "steps_run",
+    "max_steps",
+    "hit_budget",
+    "train_seconds",
+    "test_acc",
+    "test_correct",
+)
+
+
+class ChapterStudy(Protocol):
+    """What a chapter module offers :func:`run` (see :mod:`ftcourse.chapters.quickstart`)."""
+
+    STUDY: str  # "00"
+    KEYS: tuple[str, ...]  # the columns that identify one run
+
+    def plan(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The runs still needed, given the rows stored (stage by stage)."""
+        ...
+
+    def run_one(self, spec: Mapping[str, Any], device: Any) -> dict[str, Any]:
+        """Train and test one run; returns the :data:`RESULT_COLUMNS`."""
+        ...
+
+
+# --------------------------------------------------------------------------- bit vectors
+
+
+def pack(correct: Sequence[bool] | np.ndarray) -> str:
+    """Per-item correctness as a compact hex string (the CSV keeps every test item)."""
+    bits = np.asarray(correct, dtype=bool)
+    return f"{len(bits)}:" + np.packbits(bits).tobytes().hex()
+
+
+def unpack(text: str) -> np.ndarray:
+    """The inverse of :func:`pack`."""
+    n, hexbits = text.split(":", 1)
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hexbits), dtype=np.uint8))[: int(n)].astype(
+        bool
+    )
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def interval(
+    a: np.ndarray, b: np.ndarray, *, draws: int = 4000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of ``a - b`` and its bootstrap interval over seeds **and** test items.
+
+    ``a`` and ``b`` are ``[seeds, items]`` arrays of per-item correctness (0/1), paired: row
+    ``s`` of both comes from seed ``s`` (the same training images), column ``i`` from test
+    item ``i``. Each bootstrap draw resamples seeds and items independently with replacement
+    (a two-way bootstrap), so the interval includes the luck of the training draw *and* of the
+    test sample; with one seed only items are resampled. Returns ``(mean, low, high)``.
+    """
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    if a.shape != b.shape:
+        raise ValueError(f"paired arrays must have the same shape, not {a.shape} and {b.shape}")
+    diff = a - b
+    n, m = diff.shape
+    rng = np.random.default_rng(seed)
+    w_seed = rng.multinomial(n, np.full(n, 1 / n), size=draws) if n > 1 else np.ones((draws, 1))
+    w_item = rng.multinomial(m, np.full(m, 1 / m), size=draws)
+    means = np.einsum("bn,nm,bm->b", w_seed, diff, w_item) / (n * m)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(diff.mean()), float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Arm ``a`` minus arm ``b`` with its 95 % interval, and the sentence that states it."""
+
+    a: str
+    b: str
+    mean: float
+    low: float
+    high: float
+    seeds: int
+    items: int
+    margin: float = 0.02  # what the chapter calls a negligible difference
+
+    @classmethod
+    def of(
+        cls, a: str, b: str, correct_a: np.ndarray, correct_b: np.ndarray, margin: float = 0.02
+    ) -> Difference:
+        """Compare two arms from their ``[seeds, items]`` correctness (see :func:`interval`)."""
+        mean, low, high = interval(correct_a, correct_b)
+        seeds, items = np.atleast_2d(correct_a).shape
+        return cls(a, b, mean, low, high, seeds, items, margin)
+
+    @property
+    def direction(self) -> str:
+        """``"a"`` or ``"b"`` when the interval excludes zero (that arm is ahead), else
+        ``"none"``."""
+        return "a" if self.low > 0 else "b" if self.high < 0 else "none"
+
+    @property
+    def equivalent(self) -> bool:
+        """The whole interval lies within ``± margin``: a negligible difference, shown."""
+        return -self.margin <= self.low and self.high <= self.margin
+
+    def span(self) -> str:
+        """``"+0.031 (95 % interval +0.012 to +0.050)"``."""
+        return f"{self.mean:+.3f} (95 % interval {self.low:+.3f} to {self.high:+.3f})"
+
+    def sentence(self) -> str:
+        """One generated sentence: who is ahead and by how much, or the bound a null result
+        sets. Never "no effect": a difference that the interval cannot tell from zero is
+        stated as the range it lies in."""
+        size = f"{self.seeds} seed{'s' if self.seeds != 1 else ''} × {self.items} test images"
+        if self.direction == "a":
+            return f"{self.a} is ahead of {self.b} by {self.span()}, over {size}"
+        if self.direction == "b":
+            flipped = Difference(
+                self.b, self.a, -self.mean, -self.high, -self.low, self.seeds, self.items
+            )
+            return f"{self.b} is ahead of {self.a} by {flipped.span()}, over {size}"
+        bound = (
+            f"so the two are equivalent within ±{self.margin:.2f}"
+            if self.equivalent
+            else f"so neither is shown to be ahead: {self.a} is at most {self.high:.3f} better "
+            f"and at most {-self.low:.3f} worse than {self.b}"
+        )
+        return (
+            f"{self.a} minus {self.b} is {self.span()} over {size}: the interval includes "
+            f"zero, {bound}"
+        )
+
+
+def agreement(live: Difference, study: Difference) -> str:
+    """A generated sentence: does this run's difference agree with the reference study's?"""
+    if live.direction == study.direction and live.direction != "none":
+        ahead = live.a if live.direction == "a" else live.b
+        return f"This run agrees with the reference study: both put {ahead} ahead."
+    if live.low <= study.mean <= live.high:
+        return (
+            f"This run is consistent with the reference study (its {study.mean:+.3f} lies "
+            f"inside this run's interval {live.low:+.3f} to {live.high:+.3f}), but too small "
+            "to settle the question on its own."
+        )
+    return (
+        f"This run's {live.mean:+.3f} (interval {live.low:+.3f} to {live.high:+.3f}) does not "
+        f"contain the reference study's {study.mean:+.3f}: a glimpse of a few seeds can land "
+        "far from the mean; the study, with more seeds and test images, is the one to trust."
+    )
+
+
+# --------------------------------------------------------------------------- stored rows
+
+
+def study_dir(study: str) -> Path:
+    return STUDIES_DIR / study
+
+
+def rows_path(study: str, regime: str) -> Path:
+    return study_dir(study) / f"{regime}.csv"
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The stored rows of one regime, numbers parsed (empty when nothing is stored)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _parse(value: str) -> Any:
+    if value in ("True", "False"):
+        return value == "True"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def key_of(row: Mapping[str, Any], keys: Iterable[str]) -> tuple:
+    """The identity of a run: its key columns, normalised so that 0.1 == "0.1"."""
+    return tuple(str(_parse(str(row[k]))) for k in keys)
+
+
+def _append(path: Path, row: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        else:
+            with path.open(newline="") as r:
+                header = next(csv.reader(r))
+            if header != list(row):
+                raise ValueError(f"{path} has columns {header}, this run {list(row)}")
+        writer.writerow(row)
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "ftcourse"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return out + ("+local changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """The CPU, its relevant flags, torch and the precision this process trains in."""
+    import torch
+
+    from . import precision
+
+    cpu = precision.cpu_info()
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+    return {
+        "cpu": cpu.model,
+        "cores": cpu.cores,
+        "threads": cpu.threads,
+        "cpu_flags": [f for f in wanted if f in flags],
+        "torch_capability": cpu.capability,
+        "native_bf16": cpu.native_bf16,
+        "precision": precision.describe("cpu"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _save_provenance(study: str, entry: dict[str, Any]) -> None:
+    path = study_dir(study) / "provenance.json"
+    records = json.loads(path.read_text()) if path.exists() else []
+    records = [r for r in records if r.get("id") != entry["id"]] + [entry]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=2) + "\n")
+
+
+def provenance(study: str) -> list[dict[str, Any]]:
+    """Every session that added rows to ``study``: machine, regime, command, wall time."""
+    path = study_dir(study) / "provenance.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+# --------------------------------------------------------------------------- running
+
+
+def check_regime(regime: str) -> None:
+    """Raise unless this process's environment is ``regime``'s (set before torch loads)."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
+    wrong = {
+        k: os.environ.get(k)
+        for k, v in REGIMES[regime].items()
+        if os.environ.get(k, "auto" if k == "FTCOURSE_PRECISION" else None) != v
+    }
+    if wrong:
+        raise RuntimeError(
+            f"regime {regime!r} needs {REGIMES[regime]} in the environment before torch is "
+            f"imported; found {wrong}. Run it through `ftcourse study`."
+        )
+
+
+def run(
+    module: ChapterStudy,
+    regime: str,
+    *,
+    device: Any = "cpu",
+    max_runs: int | None = None,
+    progress: Callable[[str], None] = print,
+) -> int:
+    """Run the study of ``module`` in ``regime`` until its plan is empty; returns runs done.
+
+    Every finished run is appended to ``<regime>.csv`` at once and the provenance record is
+    rewritten, so an interrupted study loses at most the run in progress and a rerun goes on
+    where it stopped. ``max_runs`` stops early (for tests and for sharing a session).
+    """
+    check_regime(regime)
+    path = rows_path(module.STUDY, regime)
+    started = time.time()
+    entry = {
+        "id": f"{regime}-{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}",
+        "regime": regime,
+        **machine(),
+        "commit": _commit(),
+        "command": " ".join(["ftcourse study", module.STUDY, "--regime", regime]),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "runs": 0,
+        "wall_seconds": 0.0,
+    }
+    done = 0
+    while max_runs is None or done < max_runs:
+        rows = read_rows(path)
+        stored = {key_of(r, module.KEYS) for r in rows}
+        todo = [s for s in module.plan(rows) if key_of(s, module.KEYS) not in stored]
+        if not todo:
+            break
+        spec = todo[0]
+        start = time.perf_counter()
+        result = module.run_one(spec, device)
+        missing = set(RESULT_COLUMNS) - set(result)
+        if missing:
+            raise ValueError(f"run_one returned no {sorted(missing)}")
+        _append(
+            path, {**{k: spec[k] for k in module.KEYS}, **{k: result[k] for k in RESULT_COLUMNS}}
+        )
+        done += 1
+        entry.update(runs=done, wall_seconds=round(time.time() - started, 1))
+        entry["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        _save_provenance(module.STUDY, entry)
+        progress(
+            f"[{module.STUDY} {regime}] {done} runs, {len(todo) - 1} left in this stage: "
+            + ", ".join(f"{k}={spec[k]}" for k in module.KEYS)
+            + f" -> val {result['val_acc']:.3f} test {result['test_acc']:.3f} "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
+    return done
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def choose_lr(
+    rows: Sequence[Mapping[str, Any]], tuning_seeds: Sequence[int], **where: Any
+) -> tuple[float | None, dict[float, float]]:
+    """The learning rate with the best mean validation accuracy over ``tuning_seeds``.
+
+    Only rates run on every tuning seed compete (``None`` until one is). Returns the choice
+    and the evidence ``{lr: mean validation accuracy}``; ties go to the smaller rate.
+    """
+    by_lr: dict[float, dict[int, float]] = {}
+    for r in rows:
+        if all(str(r[k]) == str(v) for k, v in where.items()):
+            by_lr.setdefault(float(r["lr"]), {})[int(r["seed"])] = float(r["val_acc"])
+    complete = {
+        lr: float(np.mean([accs[s] for s in tuning_seeds]))
+        for lr, accs in by_lr.items()
+        if all(s in accs for s in tuning_seeds)
+    }
+    if not complete:
+        return None, {}
+    return max(sorted(complete), key=lambda lr: complete[lr]), dict(sorted(complete.items()))
+
+
+@dataclass
+class Arm:
+    """One arm of a stored study at its chosen learning rate: a row per seed."""
+
+    name: str
+    lr: float
+    grid: dict[float, float]  # lr -> mean validation accuracy over the tuning seeds
+    rows: list[dict[str, Any]]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(r["seed"]) for r in self.rows]
+
+    @property
+    def correct(self) -> np.ndarray:
+        """``[seeds, items]`` per-item test correctness."""
+        return np.stack([unpack(r["test_correct"]) for r in self.rows])
+
+    @property
+    def test_acc(self) -> np.ndarray:
+        return np.array([float(r["test_acc"]) for r in self.rows])
+
+    @property
+    def interior(self) -> bool:
+        """The chosen rate is not at either end of the grid searched."""
+        lrs = sorted(self.grid)
+        return len(lrs) >= 3 and lrs[0] < self.lr < lrs[-1]
+
+    @property
+    def hit_budget_rate(self) -> float:
+        """Share of seeds whose best checkpoint was the budget's last step."""
+        return float(np.mean([bool(r["hit_budget"]) for r in self.rows]))
+
+    @property
+    def steps(self) -> np.ndarray:
+        return np.array([int(r["best_step"]) for r in self.rows])
+
+
+@dataclass
+class Study:
+    """The stored rows of one study in every regime, with what was chosen from them."""
+
+    name: str
+    regimes: dict[str, list[dict[str, Any]]]
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+
+    def rows(self, regime: str) -> list[dict[str, Any]]:
+        if regime not in self.regimes:
+            raise KeyError(f"study {self.name} has no stored {regime!r} rows")
+        return self.regimes[regime]
+
+    def wall_seconds(self, regime: str) -> float:
+        return float(sum(p["wall_seconds"] for p in self.provenance if p["regime"] == regime))
+
+    def machines(self, regime: str) -> list[str]:
+        return sorted(
+            {f"{p['cpu']} ({p['precision']})" for p in self.provenance if p["regime"] == regime}
+        )
+
+
+def load(study: str) -> Study:
+    """Read a stored study (every regime that has a CSV)."""
+    folder = study_dir(study)
+    regimes = {p.stem: read_rows(p) for p in sorted(folder.glob("*.csv"))}
+    return Study(study, regimes, provenance(study))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ftcourse.studies CHAPTER --regime R``: what ``ftcourse study`` runs, in a
+    process whose environment already holds the regime."""
+    import argparse
+
+    from .chapters import module_for
+
+    parser = argparse.ArgumentParser(prog="ftcourse study")
+    parser.add_argument("chapter")
+    parser.add_argument("--regime", default="native", choices=list(REGIMES))
+    parser.add_argument("--max-runs", type=int, default=None)
+    args = parser.parse_args(argv)
+    module = module_for(args.chapter)
+    done = run(module, args.regime, max_runs=args.max_runs)
+    print(
+        f"study {module.STUDY} ({args.regime}): {done} new runs; "
+        f"rows in {rows_path(module.STUDY, args.regime)}"
+    )
+    return 0
+
+
+def launch(chapter: str, regime: str, max_runs: int | None = None) -> int:
+    """Run :func:`main` in a fresh Python whose environment holds ``regime`` (torch reads
+    its kernel level when it is imported, so a regime cannot be switched inside one process)."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
+    env = {**os.environ, **REGIMES[regime]}
+    for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+        if key not in REGIMES[regime]:
+            env.pop(key, None)
+    cmd = [sys.executable, "-m", "ftcourse.studies", chapter, "--regime", regime]
+    if max_runs is not None:
+        cmd += ["--max-runs", str(max_runs)]
+    return subprocess.call(cmd, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "REGIMES",
+    "Arm",
+    "Difference",
+    "Study",
+    "agreement",
+    "choose_lr",
+    "interval",
+    "launch",
+    "load",
+    "pack",
+    "run",
+    "unpack",
+]
