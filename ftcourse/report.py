@@ -1,7 +1,16 @@
 """Measurements a notebook makes, and the checks that tie the prose to them.
 
 Every notebook calls :func:`start` in its setup cell, :func:`record` for each number it
-measures and :func:`check` in its closing "What we measured" section. When
+measures, and in its closing "What we measured" section two kinds of statement:
+
+* :func:`check` for an **invariant**: an exact, machine-independent fact (equal to peft's
+  output, frozen weights bit-identical, an accounting identity). A broken invariant is a bug:
+  it fails the notebook and the book build.
+* :func:`finding` for a **finding**: the outcome of a statistical comparison in this run (arm
+  A ahead of arm B, a difference within a bound). Its outcome is printed and recorded, and
+  never fails anything: a learner's CPU rounds differently from ours, and a few seeds can land
+  either way. The claim itself is settled by the chapter's stored reference study
+  (:mod:`ftcourse.studies`), which ``tests/test_studies.py`` checks. When
 ``$FTCOURSE_REPORT_DIR`` is set, the metrics land in ``$FTCOURSE_REPORT_DIR/<notebook>.json``::
 
     {"notebook": "00_quickstart", "profile": "cpu", "seconds": 95.2, "metrics": {...}}
@@ -34,7 +43,7 @@ class _Run:
         self.profile = profile
         self.started = time.perf_counter()
         self.metrics: dict[str, Any] = {}
-        self.claims: list[tuple[str, str, bool]] = []
+        self.claims: list[tuple[str, str, bool, str]] = []  # claim, measured, holds, kind
 
 
 _run: _Run | None = None
@@ -117,20 +126,41 @@ def metrics() -> dict[str, Any]:
 
 
 def check(claim: str, holds: bool, measured: str = "") -> bool:
-    """State a claim of the text beside what this run measured.
+    """State an **invariant** beside what this run measured; a broken one fails the run.
 
-    Prints ``✓``/``✗`` with the claim. In the ``cpu`` and ``gpu`` profiles a claim that does
-    not hold raises :class:`ClaimFailed`, which fails the notebook and the book build; in
-    ``smoke`` (tiny sizes, numbers mean nothing) it only prints.
+    Prints ``✓``/``✗`` with the claim. In the ``cpu`` and ``gpu`` profiles an invariant that
+    does not hold raises :class:`ClaimFailed`, which fails the notebook and the book build; in
+    ``smoke`` (tiny sizes) it only prints. Use it for exact facts only (equalities,
+    identities, bit-identical weights); a statistical comparison is a :func:`finding`.
+    Taught in chapter 0.
     """
     run = _current()
     holds = bool(holds)
-    run.claims.append((claim, measured, holds))
+    run.claims.append((claim, measured, holds, "invariant"))
     print(f"{'✓' if holds else '✗'} {claim}" + (f"  [{measured}]" if measured else ""))
     _write()
     if not holds and run.profile != "smoke":
         raise ClaimFailed(f"claim does not hold in profile {run.profile!r}: {claim} ({measured})")
     return holds
+
+
+def finding(claim: str, holds: bool, measured: str = "") -> str:
+    """State a **finding**: whether this run's statistics support ``claim``. Never raises.
+
+    Prints and returns a generated line, ``"● this run supports: <claim> [<measured>]"`` or
+    ``"○ this run does not support: <claim> [...]"``, and records it in the report (kind
+    ``finding``). Whether the claim is *true* is settled by the chapter's reference study,
+    not by one run. Taught in chapter 0.
+    """
+    run = _current()
+    holds = bool(holds)
+    run.claims.append((claim, measured, holds, "finding"))
+    line = f"{'● this run supports' if holds else '○ this run does not support'}: {claim}" + (
+        f"  [{measured}]" if measured else ""
+    )
+    print(line)
+    _write()
+    return line
 
 
 def report_path() -> Path | None:
@@ -152,7 +182,7 @@ def _write() -> None:
         "profile": run.profile,
         "seconds": round(time.perf_counter() - run.started, 2),
         "metrics": run.metrics,
-        "claims": [{"claim": c, "measured": m, "holds": h} for c, m, h in run.claims],
+        "claims": [{"claim": c, "measured": m, "holds": h, "kind": k} for c, m, h, k in run.claims],
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")

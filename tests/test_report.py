@@ -17,7 +17,7 @@ def test_record_writes_the_contract_format(report_dir):
     assert payload["seconds"] >= 0
     assert payload["metrics"] == {"acc": 0.75, "accs": [0.5, 1.0]}
     assert payload["claims"] == [
-        {"claim": "acc is above a half", "measured": "0.75", "holds": True}
+        {"claim": "acc is above a half", "measured": "0.75", "holds": True, "kind": "invariant"}
     ]
 
 
@@ -53,6 +53,16 @@ def test_failed_claim_raises_except_in_smoke(report_dir, capsys):
     with pytest.raises(report.ClaimFailed, match="never true"):
         report.check("never true", False)
     assert report.read(report_dir / "99_example.json")["claims"][0]["holds"] is False
+
+
+def test_a_finding_never_raises_and_says_what_this_run_shows(report_dir, capsys):
+    report.start("99_example", "cpu")
+    line = report.finding("A beats B", False, "-0.010 (-0.05 to +0.03)")
+    assert line.startswith("○ this run does not support: A beats B")
+    assert "○ this run does not support: A beats B" in capsys.readouterr().out
+    assert report.finding("A beats B", True).startswith("● this run supports")
+    claims = report.read(report_dir / "99_example.json")["claims"]
+    assert [(c["holds"], c["kind"]) for c in claims] == [(False, "finding"), (True, "finding")]
 
 
 def test_without_report_dir_nothing_is_written(tmp_path, monkeypatch):
