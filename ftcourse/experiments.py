@@ -6,7 +6,8 @@ An *arm* is one way of training: fine-tune, train from scratch, freeze some bloc
 
 1. each seed draws its own training and validation split;
 2. the arm's learning rate is chosen from a small grid **on the validation split**, on the
-   first seed (``tune="first"``, the default) or on every seed (``tune="each"``);
+   first seed (``tune="first"``, the default), on every seed (``tune="each"``) or over all
+   seeds (``tune="over"``: the best mean validation accuracy);
 3. its length is chosen on validation too: :func:`ftcourse.train.fit_steps` trains within a
    step budget, stops early when validation stops improving and keeps the best checkpoint;
 4. only then is the test set used, once, for the chosen model.
@@ -120,7 +121,9 @@ def run_arm(
             ``seed_everything(seed)``, so a new head is initialised the same way for every lr.
         splits: ``seed -> (train_set, val_set)``.
         tune: ``"first"`` chooses the learning rate on the first seed's validation split and
-            reuses it (the length is still chosen per seed); ``"each"`` tunes every seed.
+            reuses it (the length is still chosen per seed); ``"each"`` tunes every seed;
+            ``"over"`` runs every rate on every seed and keeps, for all seeds, the rate with
+            the best mean validation accuracy (``Trial.grid`` then holds those means).
         fit_kwargs: extra arguments for :func:`ftcourse.train.fit_steps` (``weight_decay``...).
         measure: called with the chosen model after testing; what it returns is added to
             ``Trial.extra`` (e.g. the source-task accuracy after fine-tuning, chapter 2).
@@ -136,10 +139,60 @@ def run_arm(
     Returns:
         one :class:`Trial` per seed. Taught in chapter 0.
     """
-    if tune not in ("first", "each"):
-        raise ValueError(f"tune must be 'first' or 'each', not {tune!r}")
+    if tune not in ("first", "each", "over"):
+        raise ValueError(f"tune must be 'first', 'each' or 'over', not {tune!r}")
     if not seeds or not lrs:
         raise ValueError("seeds and lrs must not be empty")
+
+    def train_one(seed: int, lr: float, train_set: Dataset, val_set: Dataset) -> tuple:
+        generator = seed_everything(seed)
+        model, extra = _build(make_model, train_set)
+        module, train, val, test = (
+            prepare(model, train_set, val_set, test_set)
+            if prepare
+            else (model, train_set, val_set, test_set)
+        )
+        curve = fit(
+            module,
+            train,
+            lr=lr,
+            val_set=val,
+            **budget.fit_kwargs(),
+            generator=generator,
+            device=device,
+            progress=f"{arm} seed {seed} lr {lr:g}" if progress else False,
+            **(fit_kwargs or {}),
+        )
+        return curve, model, module, test, extra
+
+    def trial(seed: int, run: tuple, grid: dict[float, float]) -> Trial:
+        curve, model, module, test, extra = run
+        right = correct(module, test, device).numpy() if score is evaluate else None
+        return Trial(
+            arm=arm,
+            seed=seed,
+            lr=curve.lr,
+            steps=curve.best_step,
+            steps_run=curve.steps_run,
+            seconds=curve.best_seconds,
+            val_acc=curve.best_val_acc,
+            test_acc=float(right.mean()) if right is not None else score(module, test, device),
+            trainable=count_parameters(model, trainable_only=True),
+            curve=curve,
+            grid=grid if len(grid) > 1 else {},
+            extra={**extra, **(measure(model) if measure else {})},
+            correct=right,
+        )
+
+    def key(curve: Curve) -> tuple[float, int]:  # better validation, then fewer steps
+        return curve.best_val_acc, -curve.best_step
+
+    if tune == "over":
+        # every rate on every seed; the rate with the best mean validation accuracy wins
+        runs = {seed: {lr: train_one(seed, lr, *splits(seed)) for lr in lrs} for seed in seeds}
+        mean_val = {lr: float(np.mean([runs[s][lr][0].best_val_acc for s in seeds])) for lr in lrs}
+        chosen = max(sorted(lrs), key=lambda lr: mean_val[lr])
+        return [trial(seed, runs[seed][chosen], mean_val) for seed in seeds]
     trials, chosen_lr = [], None
     for i, seed in enumerate(seeds):
         train_set, val_set = splits(seed)
@@ -147,51 +200,12 @@ def run_arm(
         best: tuple | None = None
         grid: dict[float, float] = {}
         for lr in grid_lrs:
-            generator = seed_everything(seed)
-            model, extra = _build(make_model, train_set)
-            module, train, val, test = (
-                prepare(model, train_set, val_set, test_set)
-                if prepare
-                else (model, train_set, val_set, test_set)
-            )
-            curve = fit(
-                module,
-                train,
-                lr=lr,
-                val_set=val,
-                **budget.fit_kwargs(),
-                generator=generator,
-                device=device,
-                progress=f"{arm} seed {seed} lr {lr:g}" if progress else False,
-                **(fit_kwargs or {}),
-            )
-            grid[lr] = curve.best_val_acc
-            better = best is None or (curve.best_val_acc, -curve.best_step) > (
-                best[0].best_val_acc,
-                -best[0].best_step,
-            )
-            if better:
-                best = (curve, model, module, test, extra)
-        curve, model, module, test, extra = best
-        chosen_lr = curve.lr
-        right = correct(module, test, device).numpy() if score is evaluate else None
-        trials.append(
-            Trial(
-                arm=arm,
-                seed=seed,
-                lr=curve.lr,
-                steps=curve.best_step,
-                steps_run=curve.steps_run,
-                seconds=curve.best_seconds,
-                val_acc=curve.best_val_acc,
-                test_acc=float(right.mean()) if right is not None else score(module, test, device),
-                trainable=count_parameters(model, trainable_only=True),
-                curve=curve,
-                grid=grid if len(grid) > 1 else {},
-                extra={**extra, **(measure(model) if measure else {})},
-                correct=right,
-            )
-        )
+            run = train_one(seed, lr, train_set, val_set)
+            grid[lr] = run[0].best_val_acc
+            if best is None or key(run[0]) > key(best[0]):
+                best = run
+        chosen_lr = best[0].lr
+        trials.append(trial(seed, best, grid))
     return trials
 
 

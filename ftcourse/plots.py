@@ -175,6 +175,43 @@ def bars(
     return ax
 
 
+def intervals(
+    values: Mapping[str, Mapping[str, tuple[float, float, float]]],
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    xlabel: str = "test accuracy",
+) -> plt.Axes:
+    """Means with their 95 % intervals, one row per label and one colour per series:
+    ``values[label][series] = (mean, low, high)`` (e.g. series = a study's numeric regimes,
+    or "this run" and "reference study"). Used by chapter 0 and the reference studies."""
+    ax = _axes(ax, title)
+    labels = list(values)
+    series = list(dict.fromkeys(k for v in values.values() for k in v))
+    height = 0.8 / max(len(series), 1)
+    for j, name in enumerate(series):
+        for i, label in enumerate(labels):
+            if name not in values[label]:
+                continue
+            mean, low, high = values[label][name]
+            y = i + (j - (len(series) - 1) / 2) * height
+            ax.errorbar(
+                mean,
+                y,
+                xerr=[[mean - low], [high - mean]],
+                fmt="o",
+                color=f"C{j}",
+                capsize=3,
+                label=name if i == 0 or name not in values[labels[0]] else None,
+            )
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3, axis="x")
+    if len(series) > 1:
+        ax.legend(loc="lower left")
+    return ax
+
+
 def lr_choice(
     rows: Sequence[Mapping[str, Any]],
     arms: Sequence[str],

@@ -33,6 +33,7 @@ import platform
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,7 @@ def unpack(text: str) -> np.ndarray:
 
 
 def interval(
-    a: np.ndarray, b: np.ndarray, *, draws: int = 4000, seed: int = 0, level: float = 0.95
+    a: np.ndarray, b: np.ndarray, *, draws: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float, float]:
     """Mean of ``a - b`` and its bootstrap interval over seeds **and** test items.
 
@@ -122,9 +123,11 @@ def interval(
     diff = a - b
     n, m = diff.shape
     rng = np.random.default_rng(seed)
-    w_seed = rng.multinomial(n, np.full(n, 1 / n), size=draws) if n > 1 else np.ones((draws, 1))
-    w_item = rng.multinomial(m, np.full(m, 1 / m), size=draws)
-    means = np.einsum("bn,nm,bm->b", w_seed, diff, w_item) / (n * m)
+    # seeds: how often each is drawn; items: which are drawn (a gather is cheaper than counts)
+    seed_counts = rng.multinomial(n, np.full(n, 1 / n), size=draws)
+    per_item = (seed_counts @ diff) / n  # [draws, items]: each draw's mean over its seeds
+    items = rng.integers(0, m, size=(draws, m))
+    means = np.take_along_axis(per_item, items, axis=1).mean(axis=1)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(diff.mean()), float(low), float(high)
@@ -142,6 +145,8 @@ class Difference:
     seeds: int
     items: int
     margin: float = 0.02  # what the chapter calls a negligible difference
+    ahead: str = "is ahead of"  # the verb for a positive difference ("needs more steps than")
+    fmt: str = "+.3f"  # how its numbers are written ("+.0f" for steps)
 
     @classmethod
     def of(
@@ -165,25 +170,35 @@ class Difference:
 
     def span(self) -> str:
         """``"+0.031 (95 % interval +0.012 to +0.050)"``."""
-        return f"{self.mean:+.3f} (95 % interval {self.low:+.3f} to {self.high:+.3f})"
+        f = self.fmt
+        return f"{self.mean:{f}} (95 % interval {self.low:{f}} to {self.high:{f}})"
 
     def sentence(self) -> str:
         """One generated sentence: who is ahead and by how much, or the bound a null result
         sets. Never "no effect": a difference that the interval cannot tell from zero is
         stated as the range it lies in."""
-        size = f"{self.seeds} seed{'s' if self.seeds != 1 else ''} × {self.items} test images"
+        size = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}" + (
+            f" × {self.items} test images" if self.items else ""
+        )
         if self.direction == "a":
-            return f"{self.a} is ahead of {self.b} by {self.span()}, over {size}"
+            return f"{self.a} {self.ahead} {self.b} by {self.span()}, over {size}"
         if self.direction == "b":
             flipped = Difference(
-                self.b, self.a, -self.mean, -self.high, -self.low, self.seeds, self.items
+                self.b,
+                self.a,
+                -self.mean,
+                -self.high,
+                -self.low,
+                self.seeds,
+                self.items,
+                fmt=self.fmt,
             )
-            return f"{self.b} is ahead of {self.a} by {flipped.span()}, over {size}"
+            return f"{self.b} {self.ahead} {self.a} by {flipped.span()}, over {size}"
         bound = (
-            f"so the two are equivalent within ±{self.margin:.2f}"
+            f"so the two are equivalent within ±{self.margin:g}"
             if self.equivalent
-            else f"so neither is shown to be ahead: {self.a} is at most {self.high:.3f} better "
-            f"and at most {-self.low:.3f} worse than {self.b}"
+            else "so this cannot tell them apart: the difference lies between "
+            f"{self.low:{self.fmt}} and {self.high:{self.fmt}}"
         )
         return (
             f"{self.a} minus {self.b} is {self.span()} over {size}: the interval includes "
@@ -207,6 +222,35 @@ def agreement(live: Difference, study: Difference) -> str:
         f"contain the reference study's {study.mean:+.3f}: a glimpse of a few seeds can land "
         "far from the mean; the study, with more seeds and test images, is the one to trust."
     )
+
+
+_T975 = {1: 12.71, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+
+
+def t_quantile(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (1.96 beyond 30)."""
+    if df < 1:
+        raise ValueError("need at least two values for an interval")
+    known = [k for k in _T975 if k <= df]
+    return _T975[max(known)] if df <= 30 else 1.96
+
+
+def seed_difference(
+    a: str,
+    b: str,
+    va: Sequence[float],
+    vb: Sequence[float],
+    ahead: str = "is ahead of",
+    fmt: str = "+.3f",
+) -> Difference:
+    """Arm ``a`` minus arm ``b`` for one number per seed (e.g. a train-validation gap), with
+    the t interval of the paired differences (no test items to resample)."""
+    diff = np.asarray(va, float) - np.asarray(vb, float)
+    n = len(diff)
+    half = t_quantile(n - 1) * diff.std(ddof=1) / np.sqrt(n) if n > 1 else float("inf")
+    mean = float(diff.mean())
+    return Difference(a, b, mean, mean - half, mean + half, n, 0, ahead=ahead, fmt=fmt)
 
 
 # --------------------------------------------------------------------------- stored rows
@@ -360,7 +404,7 @@ def run(
     path = rows_path(module.STUDY, regime)
     started = time.time()
     entry = {
-        "id": f"{regime}-{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}",
+        "id": f"{regime}-{uuid.uuid4().hex[:12]}",
         "regime": regime,
         **machine(),
         "commit": _commit(),
@@ -482,12 +526,135 @@ class Study:
             {f"{p['cpu']} ({p['precision']})" for p in self.provenance if p["regime"] == regime}
         )
 
+    def arm(self, regime: str, tuning_seeds: Sequence[int], **where: Any) -> Arm:
+        """The rows of one arm (``model=..., arm=...``) at the learning rate chosen on
+        validation over ``tuning_seeds``, one row per seed, sorted by seed."""
+        rows = [r for r in self.rows(regime) if all(str(r[k]) == str(v) for k, v in where.items())]
+        if not rows:
+            raise KeyError(f"study {self.name} ({regime}) has no rows for {where}")
+        lrs = {float(r["lr"]) for r in rows}
+        if len(lrs) == 1:
+            lr, grid = lrs.pop(), {}
+        else:
+            lr, grid = choose_lr(rows, tuning_seeds)
+            if lr is None:
+                raise KeyError(f"study {self.name} ({regime}): {where} has no complete grid yet")
+        chosen = sorted((r for r in rows if float(r["lr"]) == lr), key=lambda r: int(r["seed"]))
+        return Arm(", ".join(str(v) for v in where.values()), lr, grid, chosen)
+
 
 def load(study: str) -> Study:
     """Read a stored study (every regime that has a CSV)."""
     folder = study_dir(study)
     regimes = {p.stem: read_rows(p) for p in sorted(folder.glob("*.csv"))}
     return Study(study, regimes, provenance(study))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A sentence a chapter teaches, and the comparison in its reference study that backs it.
+
+    ``a`` and ``b`` select two arms of the study (``{"model": ..., "arm": ...}``); ``expect``
+    is ``"a"`` (a is ahead: the interval excludes zero), ``"b"``, or ``"equivalent"`` (the
+    interval lies within ``± margin``). ``tests/test_studies.py`` checks every claim in every
+    stored regime; the notebook shows the same table.
+    """
+
+    id: str
+    text: str
+    a: Mapping[str, Any]
+    b: Mapping[str, Any]
+    expect: str = "a"
+    margin: float = 0.02
+
+    def difference(self, study: Study, regime: str, tuning_seeds: Sequence[int]) -> Difference:
+        """Arm ``a`` minus arm ``b`` on the seeds both have, over every test item."""
+        arm_a = study.arm(regime, tuning_seeds, **self.a)
+        arm_b = study.arm(regime, tuning_seeds, **self.b)
+        common = sorted(set(arm_a.seeds) & set(arm_b.seeds))
+        ca = arm_a.correct[[arm_a.seeds.index(s) for s in common]]
+        cb = arm_b.correct[[arm_b.seeds.index(s) for s in common]]
+        return Difference.of(self.label(self.a), self.label(self.b), ca, cb, self.margin)
+
+    @staticmethod
+    def label(where: Mapping[str, Any]) -> str:
+        return " ".join(str(v) for k, v in where.items() if k in ("model", "arm"))
+
+    def holds(self, d: Difference) -> bool:
+        """Whether the study's difference supports the claim."""
+        return d.equivalent if self.expect == "equivalent" else d.direction == self.expect
+
+
+def accuracy_interval(correct: np.ndarray) -> tuple[float, float, float]:
+    """Mean test accuracy of an arm and its 95 % interval over seeds and test items."""
+    return interval(correct, np.zeros_like(correct, dtype=float), draws=1000)
+
+
+def arms_table(
+    study: Study,
+    regime: str,
+    selections: Mapping[str, Mapping[str, Any]],
+    tuning_seeds: Sequence[int],
+) -> str:
+    """Markdown: one row per arm of a stored study, in one regime: the rate chosen (and
+    whether it is inside its grid), test accuracy with its 95 % interval, seeds, the mean
+    best step and the share of runs that ended at their last step (``hit_budget``)."""
+    lines = [
+        "| arm | learning rate (grid searched) | test accuracy (95 % interval) | seeds "
+        "| best step (mean) | ended at the budget |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, where in selections.items():
+        arm = study.arm(regime, tuning_seeds, **where)
+        mean, low, high = accuracy_interval(arm.correct)
+        grid = (
+            f"{arm.lr:g} ({', '.join(f'{lr:g}' for lr in arm.grid)}"
+            + ("" if arm.interior else "; at the edge")
+            + ")"
+            if arm.grid
+            else (f"{arm.lr:g} (fixed)" if arm.lr else "–")
+        )
+        budget = f"{arm.hit_budget_rate:.0%}" if int(arm.rows[0]["max_steps"]) else "–"
+        steps = f"{arm.steps.mean():.0f}" if int(arm.rows[0]["max_steps"]) else "–"
+        lines.append(
+            f"| {label} | {grid} | {mean:.3f} ({low:.3f} to {high:.3f}) | {len(arm.seeds)} "
+            f"| {steps} | {budget} |"
+        )
+    return "\n".join(lines)
+
+
+def current_regime() -> str:
+    """The regime this process computes in: ``"avx2"`` when torch is held to AVX2 kernels
+    on a CPU that has more, ``"fp32"`` when training without bf16, else ``"native"``."""
+    import torch
+
+    from . import precision
+
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "avx2":
+        return "avx2"
+    return "native" if precision.autocast_dtype(torch.device("cpu")) is not None else "fp32"
+
+
+def claims_table(
+    study: Study, claims: Sequence[Claim], tuning_seeds: Sequence[int], regimes: Sequence[str]
+) -> str:
+    """Markdown: each claim, the study's difference in every regime, and the verdict
+    (supported, not supported, or *fragile* when the regimes disagree)."""
+    head = "| claim | " + " | ".join(f"study, {r}" for r in regimes) + " | verdict |"
+    lines = [head, "|---" * (len(regimes) + 2) + "|"]
+    for c in claims:
+        diffs = [c.difference(study, r, tuning_seeds) for r in regimes]
+        held = [c.holds(d) for d in diffs]
+        verdict = (
+            "supported in every regime"
+            if all(held)
+            else "not supported"
+            if not any(held)
+            else "fragile: the regimes disagree"
+        )
+        cells = " | ".join(f"{d.span()}, {d.seeds} seeds" for d in diffs)
+        lines.append(f"| {c.text} | {cells} | {verdict} |")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -533,6 +700,12 @@ if __name__ == "__main__":
 __all__ = [
     "REGIMES",
     "Arm",
+    "Claim",
+    "claims_table",
+    "seed_difference",
+    "accuracy_interval",
+    "arms_table",
+    "current_regime",
     "Difference",
     "Study",
     "agreement",

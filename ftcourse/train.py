@@ -182,8 +182,16 @@ def correct(
     """Per-example correctness (a bool tensor) of ``model`` on ``(x, y)`` pairs: what a
     reference study stores, so that intervals include the luck of the test sample
     (:func:`ftcourse.studies.interval`). Chapter 0."""
-    labels = torch.cat([y for _, y in _batches(data)])
-    return predict(model, data, device).argmax(dim=-1) == labels
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad(), autocast(device):
+        for x, y in _batches(data):
+            out.append(model(x.to(device)).argmax(dim=-1).cpu() == y)
+    model.train(was_training)
+    if not out:
+        raise ValueError("cannot evaluate on an empty dataset")
+    return torch.cat(out)
 
 
 @torch.no_grad()

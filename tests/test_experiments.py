@@ -74,6 +74,23 @@ def test_tune_each_tunes_every_seed_and_measure_and_prepare_are_called():
         experiments.run_arm("x", _linear, None, None, seeds=[0], lrs=[1], budget=None, tune="all")
 
 
+def test_tune_over_chooses_one_rate_by_mean_validation_over_seeds():
+    trials = experiments.run_arm(
+        "linear",
+        _linear,
+        lambda seed: (_task(40, seed), _task(40, 100 + seed)),
+        _task(30, 7),
+        seeds=[0, 1],
+        lrs=[1e-6, 1e-1],
+        budget=experiments.Budget(max_steps=10, eval_every=5),
+        tune="over",
+    )
+    assert {t.lr for t in trials} == {1e-1}
+    means = trials[0].grid
+    assert set(means) == {1e-6, 1e-1} and means[1e-1] > means[1e-6]
+    assert all(t.correct is not None and t.correct.mean() == t.test_acc for t in trials)
+
+
 def test_paired_statistics():
     d = experiments.paired(np.array([0.8, 0.7, 0.9, 0.6]), np.array([0.7, 0.7, 0.8, 0.5]))
     assert d.mean == pytest.approx(0.075) and d.wins == 3 and d.n == 4

@@ -295,7 +295,9 @@ ALIGNED = {
 # Markdown may cite a run's numbers only through glue roles: a decimal number or a
 # percentage typed into the prose is a number from some other run.
 TYPED_NUMBER = re.compile(
-    r"(?<![\w.])(?:\d+\.\d+|\d+(?:\.\d+)?\s?%|\d+(?:–\d+)?\s?(?:s|min|seconds|minutes)\b)"
+    # (a "95 % interval" is a confidence level, not a result)
+    r"(?<![\w.])(?:\d+\.\d+|\d+(?:\.\d+)?\s?%(?!\s*interval)"
+    r"|\d+(?:–\d+)?\s?(?:s|min|seconds|minutes)\b)"
 )
 
 

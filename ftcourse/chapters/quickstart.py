@@ -14,6 +14,7 @@ at 96×96 pixels to fit a CPU), which is where the source's claim can hold on a 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,8 +121,9 @@ def _grid(rows: Sequence[Mapping[str, Any]], model: str, arm: str) -> list[float
     :data:`MAX_GRID_EXTENSIONS` rates), so that the choice ends up interior."""
     base = set(SETTINGS[(model, arm)].lrs)
     lrs = base | {float(r["lr"]) for r in rows if (r["model"], r["arm"]) == (model, arm)}
-    chosen, _ = studies.choose_lr(rows, TUNING_SEEDS, model=model, arm=arm)
-    if chosen is not None and len(lrs - base) < MAX_GRID_EXTENSIONS:
+    chosen, complete = studies.choose_lr(rows, TUNING_SEEDS, model=model, arm=arm)
+    # extend only once every rate of the grid has run on every tuning seed
+    if set(complete) == lrs and len(lrs - base) < MAX_GRID_EXTENSIONS:
         if chosen == max(lrs):
             lrs.add(_next_rate(chosen, up=True))
         elif chosen == min(lrs):
@@ -140,11 +142,11 @@ def plan(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             continue
         grid = _grid(rows, model, arm)
         out += [{**base, "seed": seed, "lr": lr} for seed in TUNING_SEEDS for lr in grid]
-        chosen, _ = studies.choose_lr(rows, TUNING_SEEDS, model=model, arm=arm)
-        settled = chosen is not None and (
+        chosen, complete = studies.choose_lr(rows, TUNING_SEEDS, model=model, arm=arm)
+        settled = set(complete) == set(grid) and (
             grid[0] < chosen < grid[-1] or len(set(grid) - set(s.lrs)) >= MAX_GRID_EXTENSIONS
         )
-        if settled and chosen in grid:
+        if settled:
             out += [{**base, "seed": seed, "lr": chosen} for seed in s.seeds]
     return out
 
@@ -237,3 +239,101 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
         curve.best_seconds,
         correct(net, t.test_set, device).numpy(),
     )
+
+
+# --------------------------------------------------------------------------- claims
+
+EFFNET, TINY = "efficientnet-lite0", "tiny-cnn"
+REQUIRED_REGIMES = ("native", "fp32")  # the regimes tests/test_studies.py expects stored
+
+# The sentences chapter 0 teaches, each with the comparison of the study that backs it.
+CLAIMS = [
+    studies.Claim(
+        "real-foundation",
+        "Fine-tuning a real pretrained model (efficientnet-lite0, ImageNet) beats training the "
+        "same architecture from scratch, both tuned, on 10 labelled images per class",
+        {"model": EFFNET, "arm": "fine-tune"},
+        {"model": EFFNET, "arm": "scratch"},
+    ),
+    studies.Claim(
+        "foundation-matters",
+        "Fine-tuned, the ImageNet model beats the course's tiny-cnn fine-tuned the same way",
+        {"model": EFFNET, "arm": "fine-tune"},
+        {"model": TINY, "arm": "fine-tune"},
+    ),
+    studies.Claim(
+        "tune-the-baseline",
+        "Tuning the scratch arm on validation makes it better than the first edition's "
+        "untuned recipe",
+        {"model": TINY, "arm": "scratch"},
+        {"model": TINY, "arm": "untuned"},
+    ),
+]
+
+# The arms of the study, as the page lists them.
+STUDY_ARMS = {
+    "tiny-cnn fine-tuned": {"model": TINY, "arm": "fine-tune"},
+    "tiny-cnn from scratch (tuned)": {"model": TINY, "arm": "scratch"},
+    "tiny-cnn from scratch, first edition's recipe": {"model": TINY, "arm": "untuned"},
+    "tiny-cnn linear probe": {"model": TINY, "arm": "probe"},
+    "efficientnet-lite0 linear probe (224 px)": {"model": EFFNET, "arm": "probe"},
+    "efficientnet-lite0 fine-tuned (96 px)": {"model": EFFNET, "arm": "fine-tune"},
+    "efficientnet-lite0 from scratch (96 px, tuned)": {"model": EFFNET, "arm": "scratch"},
+}
+
+
+def load_study() -> studies.Study:
+    """The stored reference study of chapter 0."""
+    return studies.load(STUDY)
+
+
+def study_regime(study: studies.Study) -> str:
+    """The stored regime closest to this process: its own if stored, else fp32 for any
+    regime without bf16, else native."""
+    here = studies.current_regime()
+    if here in study.regimes:
+        return here
+    fallback = "native" if here == "native" else "fp32"
+    return fallback if fallback in study.regimes else next(iter(study.regimes))
+
+
+@dataclass(frozen=True)
+class LrChoice:
+    """The learning rates a live run tries for one arm, and where they come from."""
+
+    lrs: list[float]
+    source: str
+    grid: dict[float, float]  # the study's evidence (mean validation accuracy per rate), or {}
+
+
+def learning_rates(model: str, arm: str, grid: Sequence[float], budget: Any) -> LrChoice:
+    """The learning rates a live run tries for ``arm`` of ``model``: the one the reference
+    study chose on validation for the same model and budget in this run's numeric regime (one
+    source, no copy), else ``grid``, to be tuned in the run itself. ``budget`` is the live
+    run's :class:`~ftcourse.experiments.Budget`: the study's rate is reused only for the same
+    steps and batch size."""
+    study = load_study()
+    s = SETTINGS.get((model, arm))
+    same = s is not None and (s.max_steps, s.batch_size) == (budget.max_steps, budget.batch_size)
+    inline = LrChoice(list(grid), "tuned in this run over all its seeds", {})
+    if not study.regimes or not same:
+        return inline
+    regime = study_regime(study)
+    try:
+        chosen = study.arm(regime, TUNING_SEEDS, model=model, arm=arm)
+    except KeyError:
+        return inline
+    source = f"chosen by the reference study ({regime}) over {len(TUNING_SEEDS)} seeds"
+    return LrChoice([chosen.lr], source, chosen.grid)
+
+
+def compare(
+    study: studies.Study,
+    regime: str,
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    names: tuple[str, str],
+) -> studies.Difference:
+    """Arm ``a`` minus arm ``b`` of the stored study, named for the page."""
+    d = studies.Claim("", "", a, b).difference(study, regime, TUNING_SEEDS)
+    return dataclasses.replace(d, a=names[0], b=names[1])
