@@ -77,10 +77,18 @@ def cpu_info() -> CpuInfo:
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether ``device`` computes bf16 natively (CUDA: ``is_bf16_supported``)."""
+    """Whether ``device`` computes bf16 natively.
+
+    CUDA: compute capability 8.0 or newer (Ampere on) for the device asked about.
+    ``torch.cuda.is_bf16_supported()`` is not enough: it also counts bf16 that older GPUs
+    (a T4, a V100) only emulate, slowly, and it looks at the current device, not this one.
+    """
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_capability(index) >= (8, 0)
     if device.type == "cpu":
         return _cpu_bf16()[0]
     return False  # mps and others: fp32, the safe choice

@@ -25,6 +25,21 @@ def test_auto_uses_bf16_only_where_it_is_native(monkeypatch, native):
     assert precision.autocast_dtype("mps") is None  # only CPU and CUDA are trusted
 
 
+@pytest.mark.parametrize(
+    ("capability", "native"), [((7, 5), False), ((8, 0), True), ((9, 0), True)]
+)
+def test_cuda_bf16_needs_ampere_on_the_device_asked_about(monkeypatch, capability, native):
+    # a T4 (7.5) reports is_bf16_supported() == True: emulated bf16 must not count
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda i=None: asked.append(i) or capability
+    )
+    assert precision.native_bf16("cuda:1") is native
+    assert asked == [1]
+
+
 def test_native_needs_the_instructions_and_onednn(monkeypatch):
     precision._cpu_bf16.cache_clear()
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
