@@ -21,7 +21,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 FTCOURSE_OFFLINE=1 TRANSFORMER
 # Executed notebooks (tests, book, `make run`) store no progress bars.
 BATCH := $(OFFLINE) FTCOURSE_PROGRESS=0 TQDM_DISABLE=1
 
-.PHONY: setup browser test site-test book lab run doctor lint bench select-lr clean help
+.PHONY: setup browser test site-test book lab run doctor lint bench select-lr studies clean help
 
 help:
 	@echo "make book    build the website (executes every notebook in the cpu profile)"
@@ -32,6 +32,7 @@ help:
 	@echo "make run NB=notebooks/00_quickstart.ipynb PROFILE=cpu   execute one notebook"
 	@echo "make doctor  check versions, CPU and bf16, a speed probe, datasets and zoo models"
 	@echo "make bench   time the notebooks (smoke, cpu), fit vs bare loop vs HF Trainer, LM throughput, SmolLM2"
+	@echo "make studies run or resume the chapters' reference studies (hours; REGIMES=native fp32)"
 	@echo "make select-lr  re-choose the learning rates of chapters 1, 4, 5, 6, 8 and A1 on validation (benchmarks/select_lr.py)"
 
 $(PY):
@@ -101,6 +102,14 @@ lint: setup
 # an otherwise idle machine: a second torch process on two cores ruins every timing.
 bench: setup
 	$(BATCH) $(PY) benchmarks/run.py all --profiles $(BENCH_PROFILES)
+
+# Reference studies: resumable (each finished run is stored at once), so an interrupted
+# `make studies` goes on where it stopped. Each regime runs in its own process.
+STUDIES ?= 00
+REGIMES ?= native fp32
+studies: setup
+	@for s in $(STUDIES); do for r in $(REGIMES); do \
+		$(BATCH) $(VENV)/bin/ftcourse study $$s --regime $$r || exit 1; done; done
 
 select-lr: setup
 	$(BATCH) $(PY) benchmarks/select_lr.py

@@ -160,7 +160,7 @@ def _efficientnet_lite0(num_classes: int | None, pretrained: bool) -> nn.Module:
     return attach_adapter(model, adapter)
 
 
-def build(name: str, num_classes: int) -> nn.Module:
+def build(name: str, num_classes: int, zero_init_last: bool = True) -> nn.Module:
     """The architecture of vision model ``name`` with random weights: the *scratch* arm.
 
     ``name`` is a vision zoo name (``"tiny-cnn"``, ``"efficientnet-lite0"``) or a timm
@@ -168,9 +168,15 @@ def build(name: str, num_classes: int) -> nn.Module:
     ``timm/`` and before the first dot names the architecture). Models that expect other
     inputs than the course's images get the same :class:`ImageAdapter` as their pretrained
     version. Taught in chapter 0.
+
+    ``zero_init_last``: timm starts every residual branch of a ResNet with its last
+    BatchNorm's scale at zero, so that a new network begins as its shortcuts — a good start
+    for *training*, but as a frozen "random encoder" control such a network computes the
+    shortcut path only. ``False`` gives every branch its usual random weights (chapter 1's
+    random-feature control). Architectures without that option ignore it.
     """
     if name == "tiny-cnn":
-        return build_cnn(num_classes)
+        return build_cnn(num_classes, zero_init_last=zero_init_last)
     if name == "efficientnet-lite0":
         return _efficientnet_lite0(num_classes, pretrained=False)
     if name in ZOO:
@@ -180,7 +186,11 @@ def build(name: str, num_classes: int) -> nn.Module:
     arch = name.removeprefix("timm/").split(".")[0]
     if arch not in timm.list_models():
         raise KeyError(f"unknown vision model {name!r}: not a zoo name, not a timm architecture")
-    return _timm_with_adapter(timm.create_model(arch, num_classes=num_classes))
+    try:
+        model = timm.create_model(arch, num_classes=num_classes, zero_init_last=zero_init_last)
+    except TypeError:  # an architecture without residual branches to zero
+        model = timm.create_model(arch, num_classes=num_classes)
+    return _timm_with_adapter(model)
 
 
 def _timm_with_adapter(model: nn.Module) -> nn.Module:

@@ -190,3 +190,13 @@ def test_tiny_lm_chat_tokens_stay_distinguishable():
     emb = torch.nn.functional.normalize(loaded.model.get_input_embeddings().weight[ids], dim=1)
     cosine = emb @ emb.T
     assert cosine[~torch.eye(3, dtype=torch.bool)].abs().max() < 0.5
+
+
+def test_zero_init_last_is_a_choice_for_random_controls():
+    """timm zeroes each residual branch's last BatchNorm scale; a random-feature control
+    (chapter 1) needs the branches on."""
+    zeroed = models.build("tiny-cnn", 5)
+    proper = models.build("tiny-cnn", 5, zero_init_last=False)
+    last = [n for n, _ in zeroed.named_parameters() if n.endswith("bn2.weight")]
+    assert last and all(float(dict(zeroed.named_parameters())[n].abs().sum()) == 0 for n in last)
+    assert all(float(dict(proper.named_parameters())[n].abs().sum()) > 0 for n in last)
