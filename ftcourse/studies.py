@@ -171,6 +171,8 @@ class Difference:
     def span(self) -> str:
         """``"+0.031 (95 % interval +0.012 to +0.050)"``."""
         f = self.fmt
+        if not (np.isfinite(self.low) and np.isfinite(self.high)):
+            return f"{self.mean:{f}} (one seed: no interval)"
         return f"{self.mean:{f}} (95 % interval {self.low:{f}} to {self.high:{f}})"
 
     def sentence(self) -> str:
@@ -194,6 +196,8 @@ class Difference:
                 fmt=self.fmt,
             )
             return f"{self.b} {self.ahead} {self.a} by {flipped.span()}, over {size}"
+        if not (np.isfinite(self.low) and np.isfinite(self.high)):
+            return f"{self.a} minus {self.b} is {self.span()}"
         bound = (
             f"so the two are equivalent within ±{self.margin:g}"
             if self.equivalent

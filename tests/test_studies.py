@@ -205,6 +205,9 @@ def test_every_claim_is_supported_by_the_stored_study_in_every_regime(chapter):
 
 NOTEBOOKS = {
     "00": ROOT / "notebooks" / "00_quickstart.ipynb",
+    "01": ROOT / "notebooks" / "01_pretraining_vs_finetuning.ipynb",
+    "02": ROOT / "notebooks" / "02_full_finetuning.ipynb",
+    "03": ROOT / "notebooks" / "03_partial_finetuning.ipynb",
 }
 # Verdicts typed into a notebook instead of generated from its numbers.
 TYPED_VERDICTS = re.compile(
