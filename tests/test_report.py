@@ -78,3 +78,46 @@ def test_read_rejects_other_json(tmp_path):
     path.write_text('{"metrics": {}}')
     with pytest.raises(ValueError, match="missing"):
         report.read(path)
+
+
+def _planted_notebook(tmp_path, statement: str):
+    """A two-cell notebook that states one false claim, as a chapter's closing cell would."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    params = nbformat.v4.new_code_cell('import os\nPROFILE = os.environ.get("FTCOURSE_PROFILE")')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        params,
+        nbformat.v4.new_code_cell(
+            "from ftcourse import report\n"
+            "report.start('99_planted', PROFILE)\n"
+            f"report.{statement}('a planted claim that does not hold', False, '0 vs 1')\n"
+            "report.record('reached_the_end', 1)"
+        ),
+    ]
+    path = tmp_path / "99_planted.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.notebook
+def test_a_planted_broken_invariant_fails_the_run_and_no_finding_can(tmp_path):
+    """What the book build does with each kind: an executed notebook whose invariant breaks
+    fails (papermill raises, so `jupyter-book build` fails too); one whose finding does not
+    hold runs to its end."""
+    import papermill
+
+    from ftcourse.cli import run_notebook
+
+    with pytest.raises(papermill.PapermillExecutionError, match="ClaimFailed"):
+        run_notebook(_planted_notebook(tmp_path, "check"), "cpu", tmp_path, tmp_path / "out")
+    run_notebook(_planted_notebook(tmp_path, "finding"), "cpu", tmp_path, tmp_path / "out")
+    payload = report.read(tmp_path / "99_planted.json")
+    assert payload["metrics"] == {"reached_the_end": 1}
+    assert payload["claims"][0]["kind"] == "finding" and not payload["claims"][0]["holds"]
