@@ -471,6 +471,81 @@ def choose_lr(
     return max(sorted(complete), key=lambda lr: complete[lr]), dict(sorted(complete.items()))
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How a study trains one arm: its learning-rate grid (one rate: no tuning), step budget,
+    validation interval, batch size, seeds, and an input resolution for models that take one
+    (``None``: the model's own)."""
+
+    lrs: tuple[float, ...]
+    max_steps: int
+    eval_every: int
+    batch_size: int
+    seeds: tuple[int, ...]
+    resolution: int | None = None
+
+
+MAX_GRID_EXTENSIONS = 3  # at most this many rates added beyond an edge choice
+
+
+def next_rate(lr: float, up: bool) -> float:
+    """The neighbour of ``lr`` on the 1-3-10 grid (3e-3 -> 1e-2 up, -> 1e-3 down)."""
+    exponent = int(np.floor(np.log10(lr) + 1e-9))
+    ladder = [m * 10.0**e for e in (exponent - 1, exponent, exponent + 1) for m in (1, 3)]
+    i = min(range(len(ladder)), key=lambda j: abs(np.log(ladder[j] / lr)))
+    return float(f"{ladder[i + (1 if up else -1)]:.0e}")
+
+
+def _matches(row: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    return all(str(row[k]) == str(v) for k, v in where.items())
+
+
+def grid_for(
+    rows: Sequence[Mapping[str, Any]],
+    where: Mapping[str, Any],
+    setting: Setting,
+    tuning_seeds: Sequence[int],
+) -> list[float]:
+    """The grid of the arm ``where``: its setting's rates and those already run, extended by
+    one neighbour beyond an edge that the tuning seeds chose (at most
+    :data:`MAX_GRID_EXTENSIONS` rates), once every rate has run on every tuning seed."""
+    base = set(setting.lrs)
+    lrs = base | {float(r["lr"]) for r in rows if _matches(r, where)}
+    chosen, complete = choose_lr(rows, tuning_seeds, **where)
+    if set(complete) == lrs and len(lrs - base) < MAX_GRID_EXTENSIONS:
+        if chosen == max(lrs):
+            lrs.add(next_rate(chosen, up=True))
+        elif chosen == min(lrs):
+            lrs.add(next_rate(chosen, up=False))
+    return sorted(lrs)
+
+
+def plan_tuned(
+    rows: Sequence[Mapping[str, Any]],
+    groups: Sequence[tuple[Mapping[str, Any], Setting]],
+    tuning_seeds: Sequence[int],
+) -> list[dict[str, Any]]:
+    """The runs a study still needs, stage by stage, for each arm ``(where, setting)``:
+    the grid on the tuning seeds (extended until the choice is interior), then every seed
+    of the setting at the rate chosen by the mean validation accuracy over the tuning seeds.
+    An arm with one rate runs every seed at it. Stored runs come back too: :func:`run`
+    skips them."""
+    out = []
+    for where, s in groups:
+        if len(s.lrs) == 1:
+            out += [{**where, "seed": seed, "lr": s.lrs[0]} for seed in s.seeds]
+            continue
+        grid = grid_for(rows, where, s, tuning_seeds)
+        out += [{**where, "seed": seed, "lr": lr} for seed in tuning_seeds for lr in grid]
+        chosen, complete = choose_lr(rows, tuning_seeds, **where)
+        settled = set(complete) == set(grid) and (
+            grid[0] < chosen < grid[-1] or len(set(grid) - set(s.lrs)) >= MAX_GRID_EXTENSIONS
+        )
+        if settled:
+            out += [{**where, "seed": seed, "lr": chosen} for seed in s.seeds]
+    return out
+
+
 @dataclass
 class Arm:
     """One arm of a stored study at its chosen learning rate: a row per seed."""
@@ -705,7 +780,9 @@ __all__ = [
     "REGIMES",
     "Arm",
     "Claim",
+    "Setting",
     "claims_table",
+    "plan_tuned",
     "seed_difference",
     "accuracy_interval",
     "arms_table",

@@ -144,7 +144,7 @@ def test_the_plan_extends_a_grid_until_its_choice_is_interior(fake_study):
     study = studies.load("00")
     arm = study.arm("native", quickstart.TUNING_SEEDS, model="tiny-cnn", arm="fine-tune")
     base = quickstart.SETTINGS[("tiny-cnn", "fine-tune")].lrs
-    assert len(arm.grid) == len(base) + quickstart.MAX_GRID_EXTENSIONS
+    assert len(arm.grid) == len(base) + studies.MAX_GRID_EXTENSIONS
     assert max(arm.grid) > max(base)
 
 

@@ -24,7 +24,7 @@ import torch
 
 from .. import data, models, studies
 from ..profiles import seed_everything
-from ..train import correct, features, fit, fit_steps, linear_probe
+from ..train import correct, evaluate, features, fit, fit_steps, linear_probe
 
 STUDY = "00"
 TARGET_CLASSES = (5, 6, 7, 8, 9)
@@ -82,74 +82,35 @@ TEST_SIZE = 2000
 TUNING_SEEDS = (0, 1, 2)
 
 
-@dataclass(frozen=True)
-class Setting:
-    lrs: tuple[float, ...]
-    max_steps: int
-    eval_every: int
-    batch_size: int
-    seeds: tuple[int, ...]
-    resolution: int | None = None
-
-
-SETTINGS: dict[tuple[str, str], Setting] = {
-    ("tiny-cnn", "fine-tune"): Setting((1e-2, 3e-2, 1e-1, 3e-1), 400, 20, 32, tuple(range(10))),
-    ("tiny-cnn", "scratch"): Setting((1e-2, 3e-2, 1e-1, 3e-1), 400, 20, 32, tuple(range(10))),
-    ("tiny-cnn", "untuned"): Setting((3e-3,), 30, 0, 32, tuple(range(10))),
-    ("tiny-cnn", "probe"): Setting((0.0,), 0, 0, 0, tuple(range(10))),
-    ("efficientnet-lite0", "probe"): Setting((0.0,), 0, 0, 0, tuple(range(10))),
+SETTINGS: dict[tuple[str, str], studies.Setting] = {
+    ("tiny-cnn", "fine-tune"): studies.Setting(
+        (1e-2, 3e-2, 1e-1, 3e-1), 400, 20, 32, tuple(range(10))
+    ),
+    ("tiny-cnn", "scratch"): studies.Setting(
+        (1e-2, 3e-2, 1e-1, 3e-1), 400, 20, 32, tuple(range(10))
+    ),
+    ("tiny-cnn", "untuned"): studies.Setting((3e-3,), 30, 0, 32, tuple(range(10))),
+    ("tiny-cnn", "probe"): studies.Setting((0.0,), 0, 0, 0, tuple(range(10))),
+    ("efficientnet-lite0", "probe"): studies.Setting((0.0,), 0, 0, 0, tuple(range(10))),
     # 6 seeds: each run costs a minute or more on one core, and the differences are large
-    ("efficientnet-lite0", "fine-tune"): Setting(
+    ("efficientnet-lite0", "fine-tune"): studies.Setting(
         (3e-4, 1e-3, 3e-3), 100, 10, 16, tuple(range(6)), 96
     ),
-    ("efficientnet-lite0", "scratch"): Setting(
+    ("efficientnet-lite0", "scratch"): studies.Setting(
         (3e-3, 1e-2, 3e-2), 300, 20, 16, tuple(range(6)), 96
     ),
 }
-MAX_GRID_EXTENSIONS = 3  # at most this many rates added beyond an edge choice
-
-
-def _next_rate(lr: float, up: bool) -> float:
-    """The neighbour of ``lr`` on the 1-3-10 grid (3e-3 -> 1e-2 up, -> 1e-3 down)."""
-    exponent = int(np.floor(np.log10(lr) + 1e-9))
-    ladder = [m * 10.0**e for e in (exponent - 1, exponent, exponent + 1) for m in (1, 3)]
-    i = min(range(len(ladder)), key=lambda j: abs(np.log(ladder[j] / lr)))
-    return float(f"{ladder[i + (1 if up else -1)]:.0e}")
-
-
-def _grid(rows: Sequence[Mapping[str, Any]], model: str, arm: str) -> list[float]:
-    """The arm's grid, extended beyond an edge that the tuning seeds chose (at most
-    :data:`MAX_GRID_EXTENSIONS` rates), so that the choice ends up interior."""
-    base = set(SETTINGS[(model, arm)].lrs)
-    lrs = base | {float(r["lr"]) for r in rows if (r["model"], r["arm"]) == (model, arm)}
-    chosen, complete = studies.choose_lr(rows, TUNING_SEEDS, model=model, arm=arm)
-    # extend only once every rate of the grid has run on every tuning seed
-    if set(complete) == lrs and len(lrs - base) < MAX_GRID_EXTENSIONS:
-        if chosen == max(lrs):
-            lrs.add(_next_rate(chosen, up=True))
-        elif chosen == min(lrs):
-            lrs.add(_next_rate(chosen, up=False))
-    return sorted(lrs)
 
 
 def plan(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The runs the study still needs: the grid on the tuning seeds (extended until the
-    choice is interior), then every other seed at the chosen rate."""
-    out = []
-    for (model, arm), s in SETTINGS.items():
-        base = {"model": model, "arm": arm, "labels_per_class": LABELS_PER_CLASS}
-        if len(s.lrs) == 1:
-            out += [{**base, "seed": seed, "lr": s.lrs[0]} for seed in s.seeds]
-            continue
-        grid = _grid(rows, model, arm)
-        out += [{**base, "seed": seed, "lr": lr} for seed in TUNING_SEEDS for lr in grid]
-        chosen, complete = studies.choose_lr(rows, TUNING_SEEDS, model=model, arm=arm)
-        settled = set(complete) == set(grid) and (
-            grid[0] < chosen < grid[-1] or len(set(grid) - set(s.lrs)) >= MAX_GRID_EXTENSIONS
-        )
-        if settled:
-            out += [{**base, "seed": seed, "lr": chosen} for seed in s.seeds]
-    return out
+    """The runs the study still needs (:func:`ftcourse.studies.plan_tuned`): each arm's grid
+    on the tuning seeds, extended until the choice is interior, then every seed at the
+    chosen rate."""
+    groups = [
+        ({"model": model, "arm": arm, "labels_per_class": LABELS_PER_CLASS}, setting)
+        for (model, arm), setting in SETTINGS.items()
+    ]
+    return studies.plan_tuned(rows, groups, TUNING_SEEDS)
 
 
 _cache: dict[str, Any] = {}
@@ -209,8 +170,6 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
             device=device,
             progress=False,
         )
-        from ..train import evaluate
-
         steps = s.max_steps * -(-len(train) // s.batch_size)
         return _result(
             evaluate(net, val, device),
