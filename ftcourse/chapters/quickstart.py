@@ -247,14 +247,26 @@ def load_study() -> studies.Study:
     return studies.load(STUDY)
 
 
+def complete_regimes(study: studies.Study) -> list[str]:
+    """The stored regimes whose study has every run of its plan (a study still running, or
+    interrupted, is not shown)."""
+    done = []
+    for regime in studies.REGIMES:
+        rows = study.regimes.get(regime, [])
+        stored = {studies.key_of(r, KEYS) for r in rows}
+        if rows and all(studies.key_of(s, KEYS) in stored for s in plan(rows)):
+            done.append(regime)
+    return done
+
+
 def study_regime(study: studies.Study) -> str:
     """The stored regime closest to this process: its own if stored, else fp32 for any
     regime without bf16, else native."""
-    here = studies.current_regime()
-    if here in study.regimes:
+    here, complete = studies.current_regime(), complete_regimes(study)
+    if here in complete:
         return here
     fallback = "native" if here == "native" else "fp32"
-    return fallback if fallback in study.regimes else next(iter(study.regimes))
+    return fallback if fallback in complete else complete[0]
 
 
 @dataclass(frozen=True)
@@ -276,7 +288,7 @@ def learning_rates(model: str, arm: str, grid: Sequence[float], budget: Any) -> 
     s = SETTINGS.get((model, arm))
     same = s is not None and (s.max_steps, s.batch_size) == (budget.max_steps, budget.batch_size)
     inline = LrChoice(list(grid), "tuned in this run over all its seeds", {})
-    if not study.regimes or not same:
+    if not complete_regimes(study) or not same:
         return inline
     regime = study_regime(study)
     try:
