@@ -51,6 +51,7 @@ EXPECTED: dict[str, dict[str, tuple[float, float]]] = {
         "selfpred_val_loss_end": (0.0, 9.0),
         "contrastive_probe_acc": UNIT,
         "random_probe_acc": UNIT,
+        "random_on_probe_acc": UNIT,
         "labels_per_class": (1, 10_000),
         **TUNED_COMPARISON,
         "finetune_std": UNIT,
