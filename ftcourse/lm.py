@@ -169,14 +169,21 @@ def lm_loss(
     context: int = 128,
     batch_size: int = 64,
     max_windows: int | None = None,
+    spread: bool = False,
 ) -> float:
     """Mean next-token cross-entropy over consecutive windows of ``tokens [N]`` (nats/token).
 
     ``exp`` of it is the perplexity. Computed in fp32 on the model's device, so the number
-    does not depend on the hardware.
+    does not depend on the hardware. ``max_windows`` keeps the first windows, or with
+    ``spread=True`` windows evenly spaced over all of ``tokens`` (so that a text made of
+    several works is measured on each of them: chapter 1).
     """
     usable = (len(tokens) - 1) // context * context
-    starts = list(range(0, usable, context))[:max_windows]
+    starts = list(range(0, usable, context))
+    if spread and max_windows is not None and len(starts) > max_windows:
+        step = (len(starts) - 1) / max(max_windows - 1, 1)
+        starts = [starts[round(i * step)] for i in range(max_windows)]
+    starts = starts[:max_windows]
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(starts), batch_size):

@@ -143,3 +143,18 @@ def test_sft_teaches_the_model_to_stop(tiny):
     assert curve.steps_run == 30 and not curve.step  # no validation set: no checkpoints
     after = lm.stopped(tuned, tok, prompts, max_new_tokens=8)
     assert after >= 0.8 and after > before  # the base model stops only by chance
+
+
+def test_lm_loss_spreads_its_windows_over_every_text():
+    """chapter 1: 100 windows of two held-out plays must come from both plays, not the first."""
+    import torch
+
+    from ftcourse import lm, models
+
+    model = models.build_lm(50, num_hidden_layers=1)
+    # the first half is one token repeated, the second another: only spread windows see both
+    tokens = torch.cat([torch.full((128 * 20 + 1,), 3), torch.full((128 * 20,), 7)])
+    first = lm.lm_loss(model, tokens, max_windows=4)
+    assert first == lm.lm_loss(model, tokens[: 128 * 4 + 1])
+    spread = lm.lm_loss(model, tokens, max_windows=4, spread=True)
+    assert spread != first
