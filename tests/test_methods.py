@@ -283,3 +283,22 @@ def test_precomputed_frozen_bottom_trains_like_the_whole_model(k):
         results.append(_snapshot(model))
     for name, value in results[0].items():
         torch.testing.assert_close(value, results[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_target_batchnorm_stats_describe_the_target_and_change_no_weight():
+    import torch
+
+    from ftcourse import methods, models
+
+    model = models.build("tiny-cnn", 5)
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    x = torch.randn(64, 1, 28, 28) * 2 + 3  # far from the source's statistics
+    data = torch.utils.data.TensorDataset(x, torch.zeros(64, dtype=torch.long))
+    first_conv, first_bn = model.conv1[0], model.conv1[1]
+    momentum = first_bn.momentum
+    methods.target_batchnorm_stats(model, data, batch_size=16)
+    with torch.no_grad():
+        out = first_conv(x)
+    assert torch.allclose(first_bn.running_mean, out.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert first_bn.momentum == momentum and model.training
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())

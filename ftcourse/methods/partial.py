@@ -34,6 +34,7 @@ __all__ = [
     "bitfit",
     "freeze",
     "freeze_batchnorm_stats",
+    "target_batchnorm_stats",
     "precompute",
     "split_frozen",
     "gradient_scores",
@@ -135,6 +136,34 @@ def freeze_batchnorm_stats(model: nn.Module, only_frozen: bool = True) -> list[R
             module.eval()
             handles.append(module.register_forward_pre_hook(_set_eval))
     return handles
+
+
+@torch.no_grad()
+def target_batchnorm_stats(
+    model: nn.Module, data: torch.utils.data.Dataset, batch_size: int = 256
+) -> nn.Module:
+    """Re-estimate every BatchNorm layer's running mean and variance on ``data``'s inputs.
+
+    A pretrained model's statistics describe its *source* images. Frozen with
+    :func:`freeze_batchnorm_stats`, they would normalise a target's images with the source's
+    mean and variance: harmless for a near target, a bias against a far one (digits instead
+    of clothes). Measured on the target's own training images first, every arm of chapter 3
+    starts from statistics of its target. No weight changes; returns ``model``.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momentum = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    device = next(model.parameters()).device
+    for x, _ in torch.utils.data.DataLoader(data, batch_size=batch_size):
+        model(x.to(device))
+    for m, value in zip(layers, momentum, strict=True):
+        m.momentum = value
+    model.train(was_training)
+    return model
 
 
 def _set_eval(module: nn.Module, args: tuple) -> None:
