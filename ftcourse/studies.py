@@ -483,6 +483,9 @@ class Setting:
     batch_size: int
     seeds: tuple[int, ...]
     resolution: int | None = None
+    # another arm (same model and labels) whose chosen rate this one reuses, untuned: e.g.
+    # the scratch arm again with a longer budget, to see whether its budget decided
+    rate_of: str | None = None
 
 
 MAX_GRID_EXTENSIONS = 3  # at most this many rates added beyond an edge choice
@@ -532,6 +535,16 @@ def plan_tuned(
     skips them."""
     out = []
     for where, s in groups:
+        if s.rate_of is not None:
+            followed = dict(where, arm=s.rate_of)
+            f_setting = next((st for w, st in groups if w == followed), None)
+            if f_setting is None:
+                raise ValueError(f"{where}: no arm {followed} to take the rate of")
+            grid = grid_for(rows, followed, f_setting, tuning_seeds)
+            chosen, complete = choose_lr(rows, tuning_seeds, **followed)
+            if set(complete) == set(grid):
+                out += [{**where, "seed": seed, "lr": chosen} for seed in s.seeds]
+            continue
         if len(s.lrs) == 1:
             out += [{**where, "seed": seed, "lr": s.lrs[0]} for seed in s.seeds]
             continue

@@ -86,7 +86,7 @@ def _fake_run_one(spec, device="cpu"):
     lr = float(spec["lr"])
     peak = 1e-3 if spec["model"] == quickstart.EFFNET else 0.03
     val = 0.9 - 0.05 * abs(math.log10(lr / peak)) if lr else 0.8
-    acc = {"fine-tune": 0.88, "scratch": 0.8, "untuned": 0.7, "probe": 0.85}[spec["arm"]]
+    acc = {"fine-tune": 0.88, "untuned": 0.7, "probe": 0.85}.get(spec["arm"], 0.8)
     right = rng.random(200) < acc
     return {
         "val_acc": round(val, 4),
@@ -266,3 +266,15 @@ def test_invariants_do_not_test_statistics(chapter):
                     for n in ast.walk(node.args[1])
                 }
                 assert not names & STATISTICS, f"cell {i}: check on {names & STATISTICS}"
+
+
+def test_an_arm_can_reuse_another_arms_chosen_rate(fake_study):
+    module, folder = fake_study
+    studies.run(module, "native", progress=lambda s: None)
+    study = studies.load("00")
+    scratch = study.arm("native", quickstart.TUNING_SEEDS, model=quickstart.EFFNET, arm="scratch")
+    longer = study.arm(
+        "native", quickstart.TUNING_SEEDS, model=quickstart.EFFNET, arm="scratch-long"
+    )
+    assert longer.lr == scratch.lr and longer.grid == {}
+    assert longer.seeds == list(quickstart.SETTINGS[(quickstart.EFFNET, "scratch-long")].seeds)

@@ -99,6 +99,10 @@ SETTINGS: dict[tuple[str, str], studies.Setting] = {
     ("efficientnet-lite0", "scratch"): studies.Setting(
         (3e-3, 1e-2, 3e-2), 300, 20, 16, tuple(range(6)), 96
     ),
+    # did the budget decide? scratch again with twice the steps, at the rate it chose
+    ("efficientnet-lite0", "scratch-long"): studies.Setting(
+        (), 600, 20, 16, (0, 1, 2), 96, rate_of="scratch"
+    ),
 }
 
 
@@ -158,7 +162,7 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
     t = _study_task()
     train, val = t.splits(seed)
     generator = seed_everything(seed)
-    net = load_model(model, arm == "fine-tune", s.resolution)
+    net = load_model(model, arm == "fine-tune", s.resolution)  # scratch, untuned: random
     if arm == "untuned":
         history = fit(
             net,
@@ -239,6 +243,7 @@ STUDY_ARMS = {
     "efficientnet-lite0 linear probe (224 px)": {"model": EFFNET, "arm": "probe"},
     "efficientnet-lite0 fine-tuned (96 px)": {"model": EFFNET, "arm": "fine-tune"},
     "efficientnet-lite0 from scratch (96 px, tuned)": {"model": EFFNET, "arm": "scratch"},
+    "efficientnet-lite0 from scratch, twice the steps": {"model": EFFNET, "arm": "scratch-long"},
 }
 
 
