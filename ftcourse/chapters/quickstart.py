@@ -226,6 +226,13 @@ CLAIMS = [
         {"model": TINY, "arm": "fine-tune"},
     ),
     studies.Claim(
+        "imagenet-probe",
+        "A linear probe on the ImageNet model's frozen features beats fine-tuning all of "
+        "tiny-cnn",
+        {"model": EFFNET, "arm": "probe"},
+        {"model": TINY, "arm": "fine-tune"},
+    ),
+    studies.Claim(
         "tune-the-baseline",
         "Tuning the scratch arm on validation makes it better than the first edition's "
         "untuned recipe",
