@@ -220,6 +220,13 @@ CLAIMS = [
         {"model": EFFNET, "arm": "scratch"},
     ),
     studies.Claim(
+        "not-the-budget",
+        "Trained from scratch for twice as many steps at its chosen rate, the same architecture "
+        "still falls short of fine-tuning",
+        {"model": EFFNET, "arm": "fine-tune"},
+        {"model": EFFNET, "arm": "scratch-long"},
+    ),
+    studies.Claim(
         "foundation-matters",
         "Fine-tuned, the ImageNet model beats the course's tiny-cnn fine-tuned the same way",
         {"model": EFFNET, "arm": "fine-tune"},
