@@ -234,8 +234,7 @@ CLAIMS = [
     ),
     studies.Claim(
         "imagenet-probe",
-        "A linear probe on the ImageNet model's frozen features beats fine-tuning all of "
-        "tiny-cnn",
+        "A linear probe on the ImageNet model's frozen features beats fine-tuning all of tiny-cnn",
         {"model": EFFNET, "arm": "probe"},
         {"model": TINY, "arm": "fine-tune"},
     ),
