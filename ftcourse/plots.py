@@ -208,7 +208,7 @@ def intervals(
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3, axis="x")
     if len(series) > 1:
-        ax.legend(loc="lower left")
+        ax.legend(loc="best")
     return ax
 
 
