@@ -10,8 +10,9 @@ measures, and in its closing "What we measured" section two kinds of statement:
   A ahead of arm B, a difference within a bound). Its outcome is printed and recorded, and
   never fails anything: a learner's CPU rounds differently from ours, and a few seeds can land
   either way. The claim itself is settled by the chapter's stored reference study
-  (:mod:`ftcourse.studies`), which ``tests/test_studies.py`` checks. When
-``$FTCOURSE_REPORT_DIR`` is set, the metrics land in ``$FTCOURSE_REPORT_DIR/<notebook>.json``::
+  (:mod:`ftcourse.studies`), which ``tests/test_studies.py`` checks.
+
+When ``$FTCOURSE_REPORT_DIR`` is set, the metrics land in ``$FTCOURSE_REPORT_DIR/<notebook>.json``::
 
     {"notebook": "00_quickstart", "profile": "cpu", "seconds": 95.2, "metrics": {...}}
 

@@ -82,7 +82,7 @@ class ChapterStudy(Protocol):
         ...
 
     def run_one(self, spec: Mapping[str, Any], device: Any) -> dict[str, Any]:
-        """Train and test one run; returns the :data:`RESULT_COLUMNS`."""
+        """Train and test one run; returns the ``RESULT_COLUMNS``."""
         ...
 
 
@@ -511,7 +511,7 @@ def grid_for(
 ) -> list[float]:
     """The grid of the arm ``where``: its setting's rates and those already run, extended by
     one neighbour beyond an edge that the tuning seeds chose (at most
-    :data:`MAX_GRID_EXTENSIONS` rates), once every rate has run on every tuning seed."""
+    ``MAX_GRID_EXTENSIONS`` rates), once every rate has run on every tuning seed."""
     base = set(setting.lrs)
     lrs = base | {float(r["lr"]) for r in rows if _matches(r, where)}
     chosen, complete = choose_lr(rows, tuning_seeds, **where)
@@ -787,27 +787,3 @@ def launch(chapter: str, regime: str, max_runs: int | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = [
-    "REGIMES",
-    "Arm",
-    "Claim",
-    "Setting",
-    "claims_table",
-    "plan_tuned",
-    "seed_difference",
-    "accuracy_interval",
-    "arms_table",
-    "current_regime",
-    "Difference",
-    "Study",
-    "agreement",
-    "choose_lr",
-    "interval",
-    "launch",
-    "load",
-    "pack",
-    "run",
-    "unpack",
-]

@@ -154,7 +154,7 @@ def _result(val_acc, best_step, steps_run, max_steps, seconds, right) -> dict[st
 
 
 def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
-    """Train and test one run of the study (see :data:`SETTINGS`)."""
+    """Train and test one run of the study (its arm's entry in ``SETTINGS``)."""
     model, arm, seed, lr = spec["model"], spec["arm"], int(spec["seed"]), float(spec["lr"])
     s = SETTINGS[(model, arm)]
     if arm == "probe":
