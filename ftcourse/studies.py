@@ -26,6 +26,7 @@ Run a study with ``ftcourse study 00 --regime native`` (and ``--regime fp32``) o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -76,6 +77,7 @@ class ChapterStudy(Protocol):
 
     STUDY: str  # "00"
     KEYS: tuple[str, ...]  # the columns that identify one run
+    # optional: EXTRA_COLUMNS, more measurements per run (e.g. source-task correctness)
 
     def plan(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """The runs still needed, given the rows stored (stage by stage)."""
@@ -131,6 +133,30 @@ def interval(
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(diff.mean()), float(low), float(high)
+
+
+def gap_interval(
+    ab: np.ndarray, cd: np.ndarray, *, draws: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of ``mean(ab) - mean(cd)`` and its bootstrap interval: a difference of two
+    differences measured on *different* test sets (e.g. the gain from unfreezing on a near
+    and on a far target). ``ab`` and ``cd`` are ``[seeds, items]`` per-item differences; each
+    draw resamples the seeds (row ``s`` of both: seed ``s``) and each test set's items."""
+    ab, cd = np.atleast_2d(np.asarray(ab, float)), np.atleast_2d(np.asarray(cd, float))
+    if len(ab) != len(cd):
+        raise ValueError(f"need the same seeds on both sides, not {len(ab)} and {len(cd)}")
+    n = len(ab)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1 / n), size=draws)
+    means = []
+    for d in (ab, cd):
+        per_item = (counts @ d) / n
+        items = rng.integers(0, d.shape[1], size=(draws, d.shape[1]))
+        means.append(np.take_along_axis(per_item, items, axis=1).mean(axis=1))
+    gaps = means[0] - means[1]
+    tail = (1 - level) / 2
+    low, high = np.quantile(gaps, [tail, 1 - tail])
+    return float(ab.mean() - cd.mean()), float(low), float(high)
 
 
 @dataclass(frozen=True)
@@ -405,12 +431,19 @@ def run(
     where it stopped. ``max_runs`` stops early (for tests and for sharing a session).
     """
     check_regime(regime)
+    here = machine()
+    if regime == "native" and not here["native_bf16"]:
+        raise ValueError(
+            "this CPU has no native bf16, so its native regime is fp32: run --regime fp32 "
+            "(and --regime avx2 for a second set of kernels) instead of storing fp32 as native"
+        )
+    columns = RESULT_COLUMNS + tuple(getattr(module, "EXTRA_COLUMNS", ()))
     path = rows_path(module.STUDY, regime)
     started = time.time()
     entry = {
         "id": f"{regime}-{uuid.uuid4().hex[:12]}",
         "regime": regime,
-        **machine(),
+        **here,
         "commit": _commit(),
         "command": " ".join(["ftcourse study", module.STUDY, "--regime", regime]),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -427,12 +460,10 @@ def run(
         spec = todo[0]
         start = time.perf_counter()
         result = module.run_one(spec, device)
-        missing = set(RESULT_COLUMNS) - set(result)
+        missing = set(columns) - set(result)
         if missing:
             raise ValueError(f"run_one returned no {sorted(missing)}")
-        _append(
-            path, {**{k: spec[k] for k in module.KEYS}, **{k: result[k] for k in RESULT_COLUMNS}}
-        )
+        _append(path, {**{k: spec[k] for k in module.KEYS}, **{k: result[k] for k in columns}})
         done += 1
         entry.update(runs=done, wall_seconds=round(time.time() - started, 1))
         entry["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -575,7 +606,15 @@ class Arm:
     @property
     def correct(self) -> np.ndarray:
         """``[seeds, items]`` per-item test correctness."""
-        return np.stack([unpack(r["test_correct"]) for r in self.rows])
+        return self.correct_of("test_correct")
+
+    def correct_of(self, column: str) -> np.ndarray:
+        """``[seeds, items]`` per-item correctness stored in ``column`` (packed)."""
+        return np.stack([unpack(r[column]) for r in self.rows])
+
+    def values(self, column: str) -> np.ndarray:
+        """One number per seed from ``column`` (e.g. a train-validation gap)."""
+        return np.array([float(r[column]) for r in self.rows])
 
     @property
     def test_acc(self) -> np.ndarray:
@@ -646,10 +685,15 @@ def load(study: str) -> Study:
 class Claim:
     """A sentence a chapter teaches, and the comparison in its reference study that backs it.
 
-    ``a`` and ``b`` select two arms of the study (``{"model": ..., "arm": ...}``); ``expect``
-    is ``"a"`` (a is ahead: the interval excludes zero), ``"b"``, or ``"equivalent"`` (the
-    interval lies within ``± margin``). ``tests/test_studies.py`` checks every claim in every
-    stored regime; the notebook shows the same table.
+    ``a`` and ``b`` select two arms of the study (``{"model": ..., "arm": ...}``, or with an
+    ``lr`` to pick one rate of a sweep); ``measure_a`` and ``measure_b`` name the stored
+    column compared (per-item correctness, packed, by default the test set's; a column of one
+    number per seed is compared with :func:`seed_difference`). With ``c`` and ``d`` the claim
+    is about a difference of differences, ``(a - b) - (c - d)``, measured on two test sets
+    (:func:`gap_interval`). ``expect`` is ``"a"`` (a is ahead: the interval excludes zero),
+    ``"b"``, ``"equivalent"`` (the interval lies within ``± margin``) or ``"none"`` (the
+    interval includes zero: a bound, stated as one). ``tests/test_studies.py`` checks every
+    claim in every stored regime; the notebook shows the same table.
     """
 
     id: str
@@ -658,23 +702,56 @@ class Claim:
     b: Mapping[str, Any]
     expect: str = "a"
     margin: float = 0.02
+    measure_a: str = "test_correct"
+    measure_b: str = "test_correct"
+    c: Mapping[str, Any] | None = None
+    d: Mapping[str, Any] | None = None
+    ahead: str = "is ahead of"
+
+    def _pair(
+        self, study: Study, regime: str, tuning_seeds: Sequence[int], a: Mapping, b: Mapping
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The two arms' measurements on the seeds both have, and whether per item."""
+        arm_a = study.arm(regime, tuning_seeds, **a)
+        arm_b = study.arm(regime, tuning_seeds, **b)
+        common = sorted(set(arm_a.seeds) & set(arm_b.seeds))
+        ia = [arm_a.seeds.index(s) for s in common]
+        ib = [arm_b.seeds.index(s) for s in common]
+        per_item = ":" in str(arm_a.rows[0][self.measure_a])
+        if per_item:
+            return arm_a.correct_of(self.measure_a)[ia], arm_b.correct_of(self.measure_b)[ib], True
+        return arm_a.values(self.measure_a)[ia], arm_b.values(self.measure_b)[ib], False
 
     def difference(self, study: Study, regime: str, tuning_seeds: Sequence[int]) -> Difference:
-        """Arm ``a`` minus arm ``b`` on the seeds both have, over every test item."""
-        arm_a = study.arm(regime, tuning_seeds, **self.a)
-        arm_b = study.arm(regime, tuning_seeds, **self.b)
-        common = sorted(set(arm_a.seeds) & set(arm_b.seeds))
-        ca = arm_a.correct[[arm_a.seeds.index(s) for s in common]]
-        cb = arm_b.correct[[arm_b.seeds.index(s) for s in common]]
-        return Difference.of(self.label(self.a), self.label(self.b), ca, cb, self.margin)
+        """The claim's difference in one stored regime, with its 95 % interval."""
+        va, vb, per_item = self._pair(study, regime, tuning_seeds, self.a, self.b)
+        name_a, name_b = self.label(self.a), self.label(self.b)
+        if self.c is not None and self.d is not None:
+            vc, vd, _ = self._pair(study, regime, tuning_seeds, self.c, self.d)
+            n = min(len(va), len(vc))
+            mean, low, high = gap_interval(va[:n] - vb[:n], vc[:n] - vd[:n])
+            return Difference(
+                f"{name_a} minus {name_b}",
+                f"{self.label(self.c)} minus {self.label(self.d)}",
+                mean, low, high, n, va.shape[1] + vc.shape[1], self.margin, self.ahead,
+            )  # fmt: skip
+        if not per_item:
+            d = seed_difference(name_a, name_b, va, vb, ahead=self.ahead)
+            return dataclasses.replace(d, margin=self.margin)
+        d = Difference.of(name_a, name_b, va, vb, self.margin)
+        return dataclasses.replace(d, ahead=self.ahead)
 
     @staticmethod
     def label(where: Mapping[str, Any]) -> str:
-        return " ".join(str(v) for k, v in where.items() if k in ("model", "arm"))
+        """An arm's name for a sentence: its selection's values (``lr 0.01``, ``k=2``)."""
+        named = {"lr": lambda v: f"lr {float(v):g}", "k": lambda v: f"k={v}"}
+        return " ".join(named.get(k, str)(v) for k, v in where.items() if k != "labels_per_class")
 
     def holds(self, d: Difference) -> bool:
         """Whether the study's difference supports the claim."""
-        return d.equivalent if self.expect == "equivalent" else d.direction == self.expect
+        if self.expect == "equivalent":
+            return d.equivalent
+        return d.direction == self.expect
 
 
 def accuracy_interval(correct: np.ndarray) -> tuple[float, float, float]:
@@ -713,6 +790,43 @@ def arms_table(
             f"| {steps} | {budget} |"
         )
     return "\n".join(lines)
+
+
+def trial_result(trial: Any, max_steps: int) -> dict[str, Any]:
+    """The stored columns of one run from an :class:`~ftcourse.experiments.Trial` (one seed,
+    one rate, through :func:`~ftcourse.experiments.run_arm`, as in the live run)."""
+    return {
+        "val_acc": round(float(trial.val_acc), 4),
+        "best_step": int(trial.steps),
+        "steps_run": int(trial.steps_run),
+        "max_steps": int(max_steps),
+        "hit_budget": bool(max_steps and trial.hit_budget),
+        "train_seconds": round(float(trial.seconds), 2),
+        "test_acc": round(float(trial.test_acc), 4),
+        "test_correct": pack(trial.correct),
+    }
+
+
+def complete_regimes(module: Any, study: Study) -> list[str]:
+    """The stored regimes whose study has every run of ``module``'s plan (a study still
+    running, or interrupted, is not shown)."""
+    done = []
+    for regime in REGIMES:
+        rows = study.regimes.get(regime, [])
+        stored = {key_of(r, module.KEYS) for r in rows}
+        if rows and all(key_of(s, module.KEYS) in stored for s in module.plan(rows)):
+            done.append(regime)
+    return done
+
+
+def study_regime(module: Any, study: Study) -> str | None:
+    """The complete stored regime closest to this process: its own, else fp32 for a regime
+    without bf16, else native, else any (``None`` while no regime is complete)."""
+    here, complete = current_regime(), complete_regimes(module, study)
+    if here in complete:
+        return here
+    fallback = "native" if here == "native" else "fp32"
+    return fallback if fallback in complete else (complete[0] if complete else None)
 
 
 def current_regime() -> str:

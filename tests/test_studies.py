@@ -183,12 +183,16 @@ def test_every_tuned_arm_chose_inside_its_grid_and_rarely_hit_its_budget(chapter
     module = CHAPTERS[chapter]
     study = studies.load(chapter)
     for regime in module.REQUIRED_REGIMES:
-        for (model, arm), setting in module.SETTINGS.items():
-            chosen = study.arm(regime, module.TUNING_SEEDS, model=model, arm=arm)
+        for where, setting in module.GROUPS:
+            chosen = study.arm(regime, module.TUNING_SEEDS, **where)
             if len(setting.lrs) > 1:
-                assert chosen.interior, f"{regime} {model} {arm}: {chosen.lr} at the edge"
-            if setting.max_steps and arm != "untuned":
-                assert chosen.hit_budget_rate <= 0.5, (regime, model, arm)
+                assert chosen.interior, f"{regime} {where}: {chosen.lr} at the edge"
+            if setting.max_steps and (len(setting.lrs) > 1 or setting.rate_of):
+                assert chosen.hit_budget_rate <= 0.5, (regime, where)
+        for where in getattr(module, "SWEEPS", []):  # a sweep of fixed rates: its choice
+            chosen = study.arm(regime, module.TUNING_SEEDS, **where)
+            assert chosen.interior, f"{regime} {where}: {chosen.lr} at the edge of the sweep"
+            assert chosen.hit_budget_rate <= 0.5, (regime, where)
 
 
 @pytest.mark.parametrize("chapter", sorted(CHAPTERS))

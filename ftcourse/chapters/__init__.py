@@ -11,7 +11,7 @@ import importlib
 from types import ModuleType
 
 # study name (the notebook's number) -> module
-STUDIES = {"00": "quickstart"}
+STUDIES = {"00": "quickstart", "01": "pretraining", "02": "full", "03": "partial"}
 
 
 def module_for(chapter: str) -> ModuleType:

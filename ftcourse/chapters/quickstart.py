@@ -15,6 +15,7 @@ at 96×96 pixels to fit a CPU), which is where the source's claim can hold on a 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,15 +107,18 @@ SETTINGS: dict[tuple[str, str], studies.Setting] = {
 }
 
 
+# Each arm of the study as (which rows, how it trains): what plan() and the tests read.
+GROUPS = [
+    ({"model": model, "arm": arm, "labels_per_class": LABELS_PER_CLASS}, setting)
+    for (model, arm), setting in SETTINGS.items()
+]
+
+
 def plan(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The runs the study still needs (:func:`ftcourse.studies.plan_tuned`): each arm's grid
     on the tuning seeds, extended until the choice is interior, then every seed at the
     chosen rate."""
-    groups = [
-        ({"model": model, "arm": arm, "labels_per_class": LABELS_PER_CLASS}, setting)
-        for (model, arm), setting in SETTINGS.items()
-    ]
-    return studies.plan_tuned(rows, groups, TUNING_SEEDS)
+    return studies.plan_tuned(rows, GROUPS, TUNING_SEEDS)
 
 
 _cache: dict[str, Any] = {}
@@ -266,25 +270,13 @@ def load_study() -> studies.Study:
 
 
 def complete_regimes(study: studies.Study) -> list[str]:
-    """The stored regimes whose study has every run of its plan (a study still running, or
-    interrupted, is not shown)."""
-    done = []
-    for regime in studies.REGIMES:
-        rows = study.regimes.get(regime, [])
-        stored = {studies.key_of(r, KEYS) for r in rows}
-        if rows and all(studies.key_of(s, KEYS) in stored for s in plan(rows)):
-            done.append(regime)
-    return done
+    """The stored regimes whose study is complete (:func:`ftcourse.studies.complete_regimes`)."""
+    return studies.complete_regimes(sys.modules[__name__], study)
 
 
 def study_regime(study: studies.Study) -> str:
-    """The stored regime closest to this process: its own if stored, else fp32 for any
-    regime without bf16, else native."""
-    here, complete = studies.current_regime(), complete_regimes(study)
-    if here in complete:
-        return here
-    fallback = "native" if here == "native" else "fp32"
-    return fallback if fallback in complete else complete[0]
+    """The stored regime closest to this process (:func:`ftcourse.studies.study_regime`)."""
+    return studies.study_regime(sys.modules[__name__], study)
 
 
 @dataclass(frozen=True)

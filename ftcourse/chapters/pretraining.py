@@ -1,0 +1,116 @@
+"""Chapter 1 (pretraining vs fine-tuning): when does a pretrained start pay, against the
+number of labels?
+
+The task is chapter 0's (:mod:`ftcourse.chapters.quickstart`: Fashion-MNIST classes 5-9, a
+few labelled images per class, validation for every choice, the test set once), at three label
+budgets. The arms: tiny-cnn fine-tuned from the course's pretrained weights, and the same
+architecture trained from scratch, each with its learning rate chosen on validation over the
+tuning seeds and its length chosen on validation per seed. The notebook's live run trains the
+same arms with the same budgets and reads the learning rates this study chose (one source).
+
+The ImageNet model's side of the question (efficientnet-lite0 at 10 labels per class) is in
+chapter 0's study; a second label budget for it is still to be run (it costs about an hour
+per regime on one core).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .. import experiments, studies
+from .quickstart import Task, load_model, task
+
+STUDY = "01"
+KEYS = ("model", "arm", "labels_per_class", "seed", "lr")
+TINY = "tiny-cnn"
+LABEL_BUDGETS = (5, 20, 100)
+VAL_PER_CLASS = 40
+TEST_SIZE = 2000
+TUNING_SEEDS = (0, 1, 2)
+SEEDS = tuple(range(10))
+# steps per label budget: long enough that few runs end at their last step (reported)
+MAX_STEPS = {5: 200, 20: 200, 100: 300}
+EVAL_EVERY = 20
+BATCH_SIZE = 32
+GRID = (1e-2, 3e-2, 1e-1)  # extended by the plan until every choice is interior
+# This CPU has no native bf16 (Intel Ice Lake), so the second regime is the AVX2 imitation.
+REQUIRED_REGIMES = ("fp32", "avx2")
+
+GROUPS = [
+    (
+        {"model": TINY, "arm": arm, "labels_per_class": labels},
+        studies.Setting(GRID, MAX_STEPS[labels], EVAL_EVERY, BATCH_SIZE, SEEDS),
+    )
+    for labels in LABEL_BUDGETS
+    for arm in ("fine-tune", "scratch")
+]
+
+
+def budget(labels_per_class: int) -> experiments.Budget:
+    """The step budget of one label budget (the study's and the live run's)."""
+    return experiments.Budget(MAX_STEPS[labels_per_class], EVAL_EVERY, None, BATCH_SIZE)
+
+
+def plan(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The runs still needed: each arm's grid on the tuning seeds (extended until the choice
+    is interior), then every seed at the chosen rate."""
+    return studies.plan_tuned(rows, GROUPS, TUNING_SEEDS)
+
+
+_tasks: dict[int, Task] = {}
+
+
+def study_task(labels_per_class: int) -> Task:
+    """The study's task at one label budget (its test set: ``TEST_SIZE`` fixed images)."""
+    if labels_per_class not in _tasks:
+        _tasks[labels_per_class] = task(labels_per_class, VAL_PER_CLASS, TEST_SIZE)
+    return _tasks[labels_per_class]
+
+
+def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
+    """Train and test one run: one arm, one label budget, one seed, one learning rate."""
+    labels = int(spec["labels_per_class"])
+    t = study_task(labels)
+    pretrained = spec["arm"] == "fine-tune"
+    (trial,) = experiments.run_arm(
+        spec["arm"],
+        lambda train: load_model(spec["model"], pretrained),
+        t.splits,
+        t.test_set,
+        seeds=[int(spec["seed"])],
+        lrs=[float(spec["lr"])],
+        budget=budget(labels),
+        device=device,
+    )
+    return studies.trial_result(trial, MAX_STEPS[labels])
+
+
+def load_study() -> studies.Study:
+    """The stored reference study of chapter 1."""
+    return studies.load(STUDY)
+
+
+def complete_regimes(study: studies.Study) -> list[str]:
+    """The stored regimes whose study is complete."""
+    return studies.complete_regimes(sys.modules[__name__], study)
+
+
+def study_regime(study: studies.Study) -> str | None:
+    """The stored regime closest to this process."""
+    return studies.study_regime(sys.modules[__name__], study)
+
+
+def chosen_lr(study: studies.Study, regime: str, arm: str, labels_per_class: int) -> float:
+    """The learning rate the study chose on validation for ``arm`` at one label budget."""
+    where = {"model": TINY, "arm": arm, "labels_per_class": labels_per_class}
+    return study.arm(regime, TUNING_SEEDS, **where).lr
+
+
+def where(arm: str, labels_per_class: int) -> dict[str, Any]:
+    return {"model": TINY, "arm": arm, "labels_per_class": labels_per_class}
+
+
+# The claims are written once the study has run: see CLAIMS below.
+CLAIMS: list[studies.Claim] = []
