@@ -32,8 +32,8 @@ help:
 	@echo "make run NB=notebooks/00_quickstart.ipynb PROFILE=cpu   execute one notebook"
 	@echo "make doctor  check versions, CPU and bf16, a speed probe, datasets and zoo models"
 	@echo "make bench   time the notebooks (smoke, cpu), fit vs bare loop vs HF Trainer, LM throughput, SmolLM2"
-	@echo "make studies run or resume the chapters' reference studies (hours; REGIMES=native fp32)"
-	@echo "make select-lr  re-choose the learning rates of chapters 1, 4, 5, 6, 8 and A1 on validation (benchmarks/select_lr.py)"
+	@echo "make studies run or resume the chapters' reference studies (hours; STUDIES="00 01 02 03", REGIMES="native fp32" or "fp32 avx2")"
+	@echo "make select-lr  re-choose the learning rates of chapters 4, 5, 6, 8 and A1 on validation (benchmarks/select_lr.py)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -105,14 +105,15 @@ bench: setup
 
 # Reference studies: resumable (each finished run is stored at once), so an interrupted
 # `make studies` goes on where it stopped. Each regime runs in its own process.
-STUDIES ?= 00
-REGIMES ?= native fp32
+# The two regimes that differ on this CPU: native bf16 and fp32 where bf16 is native; else
+# fp32 (AVX-512 or AVX2 kernels, whichever the CPU has) and the AVX2 imitation.
+STUDIES ?= 00 01 02 03
+REGIMES ?= $(shell $(PY) -c "from ftcourse import precision; print('native fp32' if precision.native_bf16('cpu') else 'fp32 avx2')" 2>/dev/null || echo fp32)
 studies: setup
 	@for s in $(STUDIES); do for r in $(REGIMES); do \
 		$(BATCH) $(VENV)/bin/ftcourse study $$s --regime $$r || exit 1; done; done
 
 select-lr: setup
-	$(BATCH) $(PY) benchmarks/select_lr.py
 	$(BATCH) $(PY) benchmarks/select_lr.py --notebook A1_foundation_model
 	$(BATCH) $(PY) benchmarks/select_lr.py --notebook 04_additive
 	$(BATCH) $(PY) benchmarks/select_lr.py --notebook 05_lora

@@ -1,19 +1,17 @@
 """Choose learning rates on validation once, for notebooks too slow to tune inline on a CPU.
 
-Chapter 1's transfer curve needs both arms tuned at every label budget; a grid of learning
-rates x seeds x budgets x arms does not fit the `cpu` profile's 4-minute budget. This script
-runs that grid (validation only, no test set), writes every run to
-``benchmarks/results/lr_selection.csv`` and prints the chosen rates, which go into the profile
-table (``pretraining.lr_selected`` in ``ftcourse/profiles.py``). The notebook plots this CSV as
-its evidence; ``tests/test_bench.py`` checks that the profile holds what the CSV chooses.
-Appendix A1 does the same for its two measurements (gloss classification, knowledge unlocked)
-into ``lr_selection_A1.csv`` and ``foundation.lr_selected``; chapter 4 for each of its arms
+Chapters 0-3 have moved to reference studies (``ftcourse study 01`` ...; the chosen rates live
+in ``benchmarks/results/studies/`` and the notebooks read them there). For the others this
+script runs a grid (validation only, no test set), writes every run to a CSV and prints the
+chosen rates, which go into the profile table; the notebook plots the CSV as its evidence and
+``tests/test_bench.py`` checks that the profile holds what the CSV chooses. Appendix A1 does
+this for its two measurements (gloss classification, knowledge unlocked) into
+``lr_selection_A1.csv`` and ``foundation.lr_selected``; chapter 4 for each of its arms
 into ``lr_selection_04.csv`` and ``additive.lr_selected``; chapter 5 likewise into
 ``lr_selection_05.csv`` and ``lora.lr_selected``; chapter 6 for its tuned arms into
 ``lr_selection_06.csv`` and ``instruct.lr_selected``; chapter 8 for its four arms at every
 label budget into ``lr_selection_08.csv`` and ``semi.lr_selected``.
 
-    python benchmarks/select_lr.py            # chapter 1: about 9 minutes on 2 CPU cores
     python benchmarks/select_lr.py --notebook A1_foundation_model   # about 9 minutes
     python benchmarks/select_lr.py --notebook 04_additive           # about 15 minutes
     python benchmarks/select_lr.py --notebook 05_lora               # about 12 minutes
@@ -33,38 +31,12 @@ import torch
 from ftcourse import data, experiments
 from ftcourse.profiles import get_profile, resolve_device
 
-RESULTS = Path(__file__).parent / "results" / "lr_selection.csv"
 RESULTS_A1 = Path(__file__).parent / "results" / "lr_selection_A1.csv"
 RESULTS_04 = Path(__file__).parent / "results" / "lr_selection_04.csv"
 RESULTS_05 = Path(__file__).parent / "results" / "lr_selection_05.csv"
 RESULTS_06 = Path(__file__).parent / "results" / "lr_selection_06.csv"
 RESULTS_08 = Path(__file__).parent / "results" / "lr_selection_08.csv"
 FIELDS = ["notebook", "model", "labels_per_class", "arm", "lr", "seed", "val_acc", "best_step"]
-
-
-def transfer_rows(profile: str, device: torch.device) -> list[dict]:
-    """Chapter 1: fine-tune vs scratch, every label budget, every seed, every lr."""
-    cfg = get_profile(profile).section("pretraining")
-    pool = data.image_task("fashion-mnist", range(5, 10), "train")
-    rows = []
-    for labels, steps in zip(cfg["labels_per_class"], cfg["max_steps"], strict=True):
-        start = time.perf_counter()
-        budget = experiments.Budget(steps, cfg["eval_every"], None, cfg["batch_size"])
-        rows += experiments.grid_search(
-            experiments.pretrained_vs_scratch(cfg["model"], 5),
-            lambda seed, labels=labels: data.few_label_split(
-                pool, labels, cfg["val_per_class"], seed=seed
-            ),
-            seeds=cfg["seeds"],
-            lrs=cfg["lrs"],
-            budget=budget,
-            device=device,
-            notebook="01_pretraining_vs_finetuning",
-            model=cfg["model"],
-            labels_per_class=labels,
-        )
-        print(f"{labels} labels per class: {time.perf_counter() - start:.0f} s", flush=True)
-    return rows
 
 
 def foundation_rows(profile: str, device: torch.device) -> tuple[list[dict], dict]:
@@ -323,9 +295,8 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument(
         "--notebook",
-        default="01_pretraining_vs_finetuning",
+        required=True,
         choices=[
-            "01_pretraining_vs_finetuning",
             "A1_foundation_model",
             "04_additive",
             "05_lora",
@@ -339,32 +310,19 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device("auto")
     with_task = ["notebook", "model", "task", *FIELDS[2:]]
-    if args.notebook != "01_pretraining_vs_finetuning":
-        rows_of, path, key = {
-            "A1_foundation_model": (foundation_rows, RESULTS_A1, "foundation"),
-            "04_additive": (additive_rows, RESULTS_04, "additive"),
-            "05_lora": (lora_rows, RESULTS_05, "lora"),
-            "06_instruction_tuning": (instruct_rows, RESULTS_06, "instruct"),
-            "08_semi_supervised": (semi_rows, RESULTS_08, "semi"),
-        }[args.notebook]
-        if args.notebook == "06_instruction_tuning" and args.arms:
-            rows, chosen = instruct_rows(args.profile, device, args.arms.split(","))
-        else:
-            rows, chosen = rows_of(args.profile, device)
-        write_rows(path, rows, with_task)
-        print(f"wrote {path}\nput into {key}.lr_selected: {chosen}")
-        return
-    rows = transfer_rows(args.profile, device)
-    write_rows(RESULTS, rows, FIELDS)
-    cfg = get_profile(args.profile).section("pretraining")
-    chosen = {
-        arm: [
-            experiments.chosen_lr(rows, arm=arm, labels_per_class=labels)
-            for labels in cfg["labels_per_class"]
-        ]
-        for arm in ("fine-tune", "scratch")
-    }
-    print(f"wrote {RESULTS}\nput into pretraining.lr_selected: {{{cfg['model']!r}: {chosen}}}")
+    rows_of, path, key = {
+        "A1_foundation_model": (foundation_rows, RESULTS_A1, "foundation"),
+        "04_additive": (additive_rows, RESULTS_04, "additive"),
+        "05_lora": (lora_rows, RESULTS_05, "lora"),
+        "06_instruction_tuning": (instruct_rows, RESULTS_06, "instruct"),
+        "08_semi_supervised": (semi_rows, RESULTS_08, "semi"),
+    }[args.notebook]
+    if args.notebook == "06_instruction_tuning" and args.arms:
+        rows, chosen = instruct_rows(args.profile, device, args.arms.split(","))
+    else:
+        rows, chosen = rows_of(args.profile, device)
+    write_rows(path, rows, with_task)
+    print(f"wrote {path}\nput into {key}.lr_selected: {chosen}")
 
 
 if __name__ == "__main__":

@@ -759,6 +759,31 @@ def accuracy_interval(correct: np.ndarray) -> tuple[float, float, float]:
     return interval(correct, np.zeros_like(correct, dtype=float), draws=1000)
 
 
+def measures_table(
+    study: Study,
+    regime: str,
+    selections: Mapping[str, Mapping[str, Any]],
+    tuning_seeds: Sequence[int],
+    columns: Mapping[str, str],
+) -> str:
+    """Markdown: one row per arm, one column per stored per-item measurement
+    (``{"source, statistics restored": "source_correct_bn"}``), each as its mean with the
+    95 % interval over seeds and test items."""
+    lines = [
+        "| arm | learning rate | seeds | " + " | ".join(columns) + " |",
+        "|---|---|---|" + "---|" * len(columns),
+    ]
+    for label, where in selections.items():
+        arm = study.arm(regime, tuning_seeds, **where)
+        cells = []
+        for column in columns.values():
+            mean, low, high = accuracy_interval(arm.correct_of(column))
+            cells.append(f"{mean:.3f} ({low:.3f} to {high:.3f})")
+        lr = f"{arm.lr:g}" + (" (chosen)" if arm.grid else "")
+        lines.append(f"| {label} | {lr} | {len(arm.seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def arms_table(
     study: Study,
     regime: str,
@@ -827,6 +852,36 @@ def study_regime(module: Any, study: Study) -> str | None:
         return here
     fallback = "native" if here == "native" else "fp32"
     return fallback if fallback in complete else (complete[0] if complete else None)
+
+
+@dataclass(frozen=True)
+class LrChoice:
+    """The learning rates a live run tries for one arm, and where they come from."""
+
+    lrs: list[float]
+    source: str
+    grid: dict[float, float]  # the study's evidence (mean validation accuracy per rate), or {}
+
+
+def live_rates(module: Any, grid: Sequence[float], same_budget: bool, **where: Any) -> LrChoice:
+    """The learning rates a live run tries for the arm ``where`` of ``module``'s study: the
+    one the study chose on validation in the stored regime closest to this process (one
+    source, no copy), else ``grid``, to be tuned in the run itself. ``same_budget`` says
+    whether the live run trains with the study's steps and batch size: a rate is reused only
+    then."""
+    inline = LrChoice(list(grid), "tuned in this run over all its seeds", {})
+    if not same_budget:
+        return inline
+    study = module.load_study()
+    regime = study_regime(module, study)
+    if regime is None:
+        return inline
+    try:
+        chosen = study.arm(regime, module.TUNING_SEEDS, **where)
+    except KeyError:
+        return inline
+    source = f"chosen by the reference study ({regime}) over {len(module.TUNING_SEEDS)} seeds"
+    return LrChoice([chosen.lr], source, chosen.grid)
 
 
 def current_regime() -> str:

@@ -51,22 +51,6 @@ def test_expected_runtime_scales_with_the_speed_probe(tmp_path):
     assert "about 5–8 min" in lines[1]  # 6 min scaled, shown as 0.8x-1.3x
 
 
-def test_the_stored_learning_rates_are_what_the_evidence_chooses():
-    """pretraining.lr_selected must be the argmax of benchmarks/results/lr_selection.csv."""
-    path = bench.RESULTS_DIR / "lr_selection.csv"
-    stored = PROFILES["cpu"].get("pretraining.lr_selected")
-    assert stored, "the cpu profile stores chapter 1's choice (benchmarks/select_lr.py)"
-    rows = list(csv.DictReader(open(path)))
-    budgets = PROFILES["cpu"].get("pretraining.labels_per_class")
-    grid = PROFILES["cpu"].get("pretraining.lrs")
-    for model, arms in stored.items():
-        mine = [r for r in rows if r["model"] == model]
-        assert {float(r["lr"]) for r in mine} == set(grid), "the CSV's grid is the profile's"
-        for arm, lrs in arms.items():
-            for labels, lr in zip(budgets, lrs, strict=True):
-                assert experiments.chosen_lr(mine, arm=arm, labels_per_class=labels) == lr
-
-
 def test_the_stored_a1_learning_rates_are_what_the_evidence_chooses():
     """foundation.lr_selected must be the argmax of benchmarks/results/lr_selection_A1.csv."""
     cfg = PROFILES["cpu"].section("foundation")

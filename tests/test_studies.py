@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from ftcourse import studies
-from ftcourse.chapters import module_for, quickstart
+from ftcourse.chapters import full, module_for, partial, pretraining, quickstart
 
 ROOT = Path(__file__).resolve().parent.parent
 # Chapters whose claims are under the evidence rules (issue: chapters 0-3 first).
-CHAPTERS = {"00": quickstart}
+CHAPTERS = {"00": quickstart, "01": pretraining, "02": full, "03": partial}
 
 
 # --------------------------------------------------------------------------- machinery
@@ -100,9 +100,23 @@ def _fake_run_one(spec, device="cpu"):
     }
 
 
+FAKE_MACHINE = {
+    "cpu": "a test CPU",
+    "cores": 2,
+    "threads": 1,
+    "cpu_flags": ["avx2", "avx512_bf16"],
+    "torch_capability": "AVX512",
+    "native_bf16": True,
+    "precision": "bf16 autocast",
+    "torch": "2.x",
+    "python": "3.11",
+}
+
+
 @pytest.fixture
 def fake_study(tmp_path, monkeypatch):
     monkeypatch.setattr(studies, "STUDIES_DIR", tmp_path)
+    monkeypatch.setattr(studies, "machine", lambda: dict(FAKE_MACHINE))  # any CPU runs this
     module = SimpleNamespace(
         STUDY="00", KEYS=quickstart.KEYS, plan=quickstart.plan, run_one=_fake_run_one
     )
@@ -146,6 +160,92 @@ def test_the_plan_extends_a_grid_until_its_choice_is_interior(fake_study):
     base = quickstart.SETTINGS[("tiny-cnn", "fine-tune")].lrs
     assert len(arm.grid) == len(base) + studies.MAX_GRID_EXTENSIONS
     assert max(arm.grid) > max(base)
+
+
+def test_native_is_refused_where_it_would_be_fp32(fake_study, monkeypatch):
+    """On a CPU without bf16 the native regime computes in fp32: storing it as "native"
+    would mislabel the evidence."""
+    module, _ = fake_study
+    monkeypatch.setattr(studies, "machine", lambda: {**FAKE_MACHINE, "native_bf16": False})
+    with pytest.raises(ValueError, match="no native bf16"):
+        studies.run(module, "native", progress=lambda s: None)
+
+
+def test_gap_interval_covers_a_difference_of_differences():
+    rng = np.random.default_rng(1)
+    # gain on the near test set: 0.90 - 0.85 = +0.05; on the far one 0.95 - 0.80 = +0.15
+    near = (rng.random((10, 500)) < 0.90).astype(float) - (rng.random((10, 500)) < 0.85)
+    far = (rng.random((10, 400)) < 0.95).astype(float) - (rng.random((10, 400)) < 0.80)
+    mean, low, high = studies.gap_interval(far, near)
+    assert low < 0.10 < high and low > 0 and math.isclose(mean, far.mean() - near.mean())
+    with pytest.raises(ValueError, match="same seeds"):
+        studies.gap_interval(far[:5], near)
+
+
+def _rows(arm, lr, seeds, acc, extra=None, target="near"):
+    """Stored rows of a made-up study: per-item correctness drawn at ``acc``."""
+    out = []
+    for s in seeds:
+        right = np.random.default_rng(hash((arm, target, s)) % 2**32).random(300) < acc
+        out.append(
+            {"target": target, "arm": arm, "seed": s, "lr": lr, "val_acc": acc,
+             "best_step": 10, "hit_budget": False, "max_steps": 20,
+             "test_correct": studies.pack(right), "gap": acc / 10, **(extra or {})}
+        )  # fmt: skip
+    return out
+
+
+def test_claims_compare_any_stored_column_and_differences_of_differences():
+    seeds = range(8)
+    high, low = studies.pack(np.ones(300, bool)), studies.pack(np.zeros(300, bool))
+    rows = (
+        _rows("before", 0.0, seeds, 0.9, {"source": high})
+        + _rows("lr0", 0.0, seeds, 0.9, {"source": low})
+        + _rows("k=0", 0.01, seeds, 0.70)
+        + _rows("k=5", 0.01, seeds, 0.80)
+        + _rows("k=0", 0.01, seeds, 0.60, target="far")
+        + _rows("k=5", 0.01, seeds, 0.90, target="far")
+    )
+    study = studies.Study("xx", {"fp32": rows})
+    drift = studies.Claim("d", "", {"arm": "before"}, {"arm": "lr0"}, measure_a="source",
+                          measure_b="source")  # fmt: skip
+    d = drift.difference(study, "fp32", (0, 1, 2))
+    assert d.mean == 1.0 and drift.holds(d)
+    gap = studies.Claim(
+        "g", "", {"target": "far", "arm": "k=5"}, {"target": "far", "arm": "k=0"},
+        c={"target": "near", "arm": "k=5"}, d={"target": "near", "arm": "k=0"},
+    )  # fmt: skip
+    g = gap.difference(study, "fp32", (0, 1, 2))
+    assert 0.1 < g.mean < 0.3 and g.direction == "a" and "far k=5 minus far k=0" in g.sentence()
+    per_seed = studies.Claim("s", "", {"target": "far", "arm": "k=5"},
+                             {"target": "near", "arm": "k=5"}, measure_a="gap", measure_b="gap",
+                             expect="a")  # fmt: skip
+    s = per_seed.difference(study, "fp32", (0, 1, 2))
+    assert s.items == 0 and math.isclose(s.mean, 0.01) and per_seed.holds(s) is (s.low > 0)
+    none = studies.Claim("n", "", {"target": "near", "arm": "k=5"},
+                         {"target": "near", "arm": "k=5"}, expect="none")  # fmt: skip
+    assert none.holds(none.difference(study, "fp32", (0, 1, 2)))
+    table = studies.measures_table(
+        study, "fp32", {"before": {"arm": "before"}}, (0, 1, 2), {"source": "source"}
+    )
+    assert "| before | 0 | 8 | 1.000 (1.000 to 1.000) |" in table
+
+
+def test_a_live_run_takes_the_studys_rate_only_for_the_same_budget(fake_study):
+    module, folder = fake_study
+    studies.run(module, "native", progress=lambda s: None)
+    chapter = SimpleNamespace(
+        STUDY="00",
+        KEYS=quickstart.KEYS,
+        plan=quickstart.plan,
+        TUNING_SEEDS=quickstart.TUNING_SEEDS,
+        load_study=lambda: studies.load("00"),
+    )
+    where = {"model": "tiny-cnn", "arm": "scratch"}
+    other = studies.live_rates(chapter, [1e-3, 1e-2], False, **where)
+    assert other.lrs == [1e-3, 1e-2] and not other.grid
+    same = studies.live_rates(chapter, [1e-3, 1e-2], True, **where)
+    assert same.lrs == [0.03] and same.grid and "reference study" in same.source
 
 
 def test_a_study_refuses_a_process_in_the_wrong_regime(monkeypatch):

@@ -261,3 +261,4 @@ def study_regime(study: studies.Study) -> str | None:
 
 
 CLAIMS: list[studies.Claim] = []
+CLAIMS_BY_ID = {c.id: c for c in CLAIMS}

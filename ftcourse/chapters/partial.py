@@ -136,10 +136,14 @@ def task(target: str, labels_per_class: int, val_per_class: int, test_size: int)
 
 # --------------------------------------------------------------------------- the study
 
+# The study settles the chapter's comparisons at every k on both targets (the head alone,
+# k=0, against every block, k=all, above all), and the methods that train a small fraction
+# of the weights on the near target.
+STUDY_KS = tuple(range(num_blocks() + 1))
 SETTING = studies.Setting(GRID, MAX_STEPS, EVAL_EVERY, BATCH_SIZE, SEEDS)
-GROUPS = [
-    ({"target": t, "arm": f"k={k}"}, SETTING) for t in TARGETS for k in range(num_blocks() + 1)
-] + [({"target": "near", "arm": m}, SETTING) for m in METHODS]
+GROUPS = [({"target": t, "arm": f"k={k}"}, SETTING) for t in TARGETS for k in STUDY_KS] + [
+    ({"target": "near", "arm": m}, SETTING) for m in METHODS
+]
 
 
 def plan(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -190,4 +194,19 @@ def study_regime(study: studies.Study) -> str | None:
     return studies.study_regime(sys.modules[__name__], study)
 
 
+# The arms of the study, as the page lists them.
+STUDY_ARMS = {
+    **{
+        f"{t}, head + top {k} blocks" if k else f"{t}, head only": {"target": t, "arm": f"k={k}"}
+        for t in TARGETS
+        for k in STUDY_KS
+    },
+    "near, BitFit": {"target": "near", "arm": "bitfit"},
+    "near, sparse (gradient-chosen)": {"target": "near", "arm": "sparse"},
+    "near, sparse (random)": {"target": "near", "arm": "random-sparse"},
+}
+
+
+# The sentences chapter 3 teaches, each with the comparison of the study that backs it.
 CLAIMS: list[studies.Claim] = []
+CLAIMS_BY_ID = {c.id: c for c in CLAIMS}

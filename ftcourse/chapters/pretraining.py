@@ -15,6 +15,7 @@ per regime on one core).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -112,5 +113,22 @@ def where(arm: str, labels_per_class: int) -> dict[str, Any]:
     return {"model": TINY, "arm": arm, "labels_per_class": labels_per_class}
 
 
-# The claims are written once the study has run: see CLAIMS below.
+def compare(study: studies.Study, regime: str, labels_per_class: int) -> studies.Difference:
+    """Fine-tuning minus tuned scratch in the stored study at one label budget."""
+    claim = studies.Claim(
+        "", "", where("fine-tune", labels_per_class), where("scratch", labels_per_class)
+    )
+    d = claim.difference(study, regime, TUNING_SEEDS)
+    return dataclasses.replace(d, a="fine-tuning", b="tuned scratch")
+
+
+# The arms of the study, as the page lists them.
+STUDY_ARMS = {
+    f"tiny-cnn {arm}, {labels} labels per class": where(arm, labels)
+    for labels in LABEL_BUDGETS
+    for arm in ("fine-tune", "scratch")
+}
+
+
+# The sentences chapter 1 teaches, each with the comparison of the study that backs it.
 CLAIMS: list[studies.Claim] = []

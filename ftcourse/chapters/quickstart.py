@@ -279,34 +279,17 @@ def study_regime(study: studies.Study) -> str:
     return studies.study_regime(sys.modules[__name__], study)
 
 
-@dataclass(frozen=True)
-class LrChoice:
-    """The learning rates a live run tries for one arm, and where they come from."""
-
-    lrs: list[float]
-    source: str
-    grid: dict[float, float]  # the study's evidence (mean validation accuracy per rate), or {}
+LrChoice = studies.LrChoice
 
 
 def learning_rates(model: str, arm: str, grid: Sequence[float], budget: Any) -> LrChoice:
     """The learning rates a live run tries for ``arm`` of ``model``: the one the reference
-    study chose on validation for the same model and budget in this run's numeric regime (one
-    source, no copy), else ``grid``, to be tuned in the run itself. ``budget`` is the live
-    run's :class:`~ftcourse.experiments.Budget`: the study's rate is reused only for the same
-    steps and batch size."""
-    study = load_study()
+    study chose on validation for the same model and budget (:func:`ftcourse.studies.
+    live_rates`), else ``grid``. ``budget`` is the live run's
+    :class:`~ftcourse.experiments.Budget`."""
     s = SETTINGS.get((model, arm))
     same = s is not None and (s.max_steps, s.batch_size) == (budget.max_steps, budget.batch_size)
-    inline = LrChoice(list(grid), "tuned in this run over all its seeds", {})
-    if not complete_regimes(study) or not same:
-        return inline
-    regime = study_regime(study)
-    try:
-        chosen = study.arm(regime, TUNING_SEEDS, model=model, arm=arm)
-    except KeyError:
-        return inline
-    source = f"chosen by the reference study ({regime}) over {len(TUNING_SEEDS)} seeds"
-    return LrChoice([chosen.lr], source, chosen.grid)
+    return studies.live_rates(sys.modules[__name__], grid, same, model=model, arm=arm)
 
 
 def compare(
