@@ -244,13 +244,19 @@ def study(args: argparse.Namespace) -> int:
     process whose environment holds the regime (:func:`ftcourse.studies.launch`)."""
     from . import studies
     from .chapters import module_for
+    from .precision import native_bf16
 
     module_for(args.chapter)  # an unknown chapter is one line, before any work
-    if args.regime not in studies.REGIMES:
+    bf16 = native_bf16("cpu")
+    regime = args.regime or ("native" if bf16 else "fp32")
+    if regime not in studies.REGIMES:
+        raise UsageError(f"unknown regime {regime!r}; choose one of {', '.join(studies.REGIMES)}")
+    if regime == "native" and not bf16:
         raise UsageError(
-            f"unknown regime {args.regime!r}; choose one of {', '.join(studies.REGIMES)}"
+            "this CPU has no native bf16, so its native regime is fp32: use --regime fp32 "
+            "(and --regime avx2 for a second set of kernels)"
         )
-    return studies.launch(args.chapter, args.regime, args.max_runs)
+    return studies.launch(args.chapter, regime, args.max_runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,7 +316,10 @@ def _main(argv: list[str] | None = None) -> int:
     )
     st.add_argument("chapter", help="the chapter's number, e.g. 00")
     st.add_argument(
-        "--regime", default="native", help="native (default), fp32 or avx2 (imitated AVX2-only CPU)"
+        "--regime",
+        default=None,
+        help="native (bf16 where the CPU has it natively; the default there), fp32 (the "
+        "default elsewhere) or avx2 (an AVX2-only CPU imitated)",
     )
     st.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     args, rest = parser.parse_known_args(argv)

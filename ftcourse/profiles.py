@@ -132,7 +132,7 @@ _PRETRAINING = {
         # budget; with tiny-cnn and the study's budgets (ftcourse.chapters.pretraining) the
         # rates come from the study (benchmarks/results/studies/01).
         "lrs": [1e-2, 3e-2, 1e-1, 3e-1],
-        "max_steps": [200, 200, 300],
+        "max_steps": [200, 300, 300],
         "batch_size": 32,
         "seeds": [0, 1, 2],
         "test_size": 1000,

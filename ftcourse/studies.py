@@ -691,8 +691,9 @@ class Claim:
     number per seed is compared with :func:`seed_difference`). With ``c`` and ``d`` the claim
     is about a difference of differences, ``(a - b) - (c - d)``, measured on two test sets
     (:func:`gap_interval`). ``expect`` is ``"a"`` (a is ahead: the interval excludes zero),
-    ``"b"``, ``"equivalent"`` (the interval lies within ``± margin``) or ``"none"`` (the
-    interval includes zero: a bound, stated as one). ``tests/test_studies.py`` checks every
+    ``"b"``, ``"equivalent"`` (the interval lies within ``± margin``), ``"at most"`` (a bound:
+    the interval's upper end is at most ``margin``, e.g. "fine-tuning gains at most +0.02") or
+    ``"none"`` (the interval includes zero). ``tests/test_studies.py`` checks every
     claim in every stored regime; the notebook shows the same table.
     """
 
@@ -719,7 +720,8 @@ class Claim:
         ib = [arm_b.seeds.index(s) for s in common]
         per_item = ":" in str(arm_a.rows[0][self.measure_a])
         if per_item:
-            return arm_a.correct_of(self.measure_a)[ia], arm_b.correct_of(self.measure_b)[ib], True
+            va, vb = arm_a.correct_of(self.measure_a)[ia], arm_b.correct_of(self.measure_b)[ib]
+            return va.astype(float), vb.astype(float), True
         return arm_a.values(self.measure_a)[ia], arm_b.values(self.measure_b)[ib], False
 
     def difference(self, study: Study, regime: str, tuning_seeds: Sequence[int]) -> Difference:
@@ -751,6 +753,8 @@ class Claim:
         """Whether the study's difference supports the claim."""
         if self.expect == "equivalent":
             return d.equivalent
+        if self.expect == "at most":
+            return d.high <= self.margin
         return d.direction == self.expect
 
 
@@ -872,7 +876,7 @@ def live_rates(module: Any, grid: Sequence[float], same_budget: bool, **where: A
     inline = LrChoice(list(grid), "tuned in this run over all its seeds", {})
     if not same_budget:
         return inline
-    study = module.load_study()
+    study = load(module.STUDY)
     regime = study_regime(module, study)
     if regime is None:
         return inline

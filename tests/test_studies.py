@@ -5,6 +5,7 @@ stored numeric regime; none of these tests depends on the machine that runs them
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import re
@@ -221,7 +222,14 @@ def test_claims_compare_any_stored_column_and_differences_of_differences():
                              {"target": "near", "arm": "k=5"}, measure_a="gap", measure_b="gap",
                              expect="a")  # fmt: skip
     s = per_seed.difference(study, "fp32", (0, 1, 2))
-    assert s.items == 0 and math.isclose(s.mean, 0.01) and per_seed.holds(s) is (s.low > 0)
+    assert s.items == 0 and math.isclose(s.mean, 0.01) and per_seed.holds(s) == bool(s.low > 0)
+    bound = studies.Claim("b", "", {"target": "near", "arm": "k=0"},
+                          {"target": "near", "arm": "k=5"}, expect="at most")  # fmt: skip
+    b = bound.difference(study, "fp32", (0, 1, 2))
+    assert b.high < 0 and bound.holds(b)  # k=0 gains at most +0.02 over k=5: it loses
+    assert not dataclasses.replace(bound, a=bound.b, b=bound.a).holds(
+        dataclasses.replace(bound, a=bound.b, b=bound.a).difference(study, "fp32", (0, 1, 2))
+    )
     none = studies.Claim("n", "", {"target": "near", "arm": "k=5"},
                          {"target": "near", "arm": "k=5"}, expect="none")  # fmt: skip
     assert none.holds(none.difference(study, "fp32", (0, 1, 2)))
@@ -239,7 +247,6 @@ def test_a_live_run_takes_the_studys_rate_only_for_the_same_budget(fake_study):
         KEYS=quickstart.KEYS,
         plan=quickstart.plan,
         TUNING_SEEDS=quickstart.TUNING_SEEDS,
-        load_study=lambda: studies.load("00"),
     )
     where = {"model": "tiny-cnn", "arm": "scratch"}
     other = studies.live_rates(chapter, [1e-3, 1e-2], False, **where)

@@ -16,7 +16,6 @@ larger test set.
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -242,22 +241,9 @@ def _labels(dataset: Any) -> torch.Tensor:
     return torch.stack([torch.as_tensor(dataset[i][1]) for i in range(len(dataset))])
 
 
-# --------------------------------------------------------------------------- reading it
+# --------------------------------------------------------------------------- claims
 
 
-def load_study() -> studies.Study:
-    """The stored reference study of chapter 2."""
-    return studies.load(STUDY)
-
-
-def complete_regimes(study: studies.Study) -> list[str]:
-    """The stored regimes whose study is complete."""
-    return studies.complete_regimes(sys.modules[__name__], study)
-
-
-def study_regime(study: studies.Study) -> str | None:
-    """The stored regime closest to this process."""
-    return studies.study_regime(sys.modules[__name__], study)
 
 
 CLAIMS: list[studies.Claim] = []
