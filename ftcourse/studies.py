@@ -708,6 +708,7 @@ class Claim:
     c: Mapping[str, Any] | None = None
     d: Mapping[str, Any] | None = None
     ahead: str = "is ahead of"
+    names: tuple[str, str] | None = None  # how the sentence names a and b (default: labels)
 
     def _pair(
         self, study: Study, regime: str, tuning_seeds: Sequence[int], a: Mapping, b: Mapping
@@ -727,7 +728,7 @@ class Claim:
     def difference(self, study: Study, regime: str, tuning_seeds: Sequence[int]) -> Difference:
         """The claim's difference in one stored regime, with its 95 % interval."""
         va, vb, per_item = self._pair(study, regime, tuning_seeds, self.a, self.b)
-        name_a, name_b = self.label(self.a), self.label(self.b)
+        name_a, name_b = self.names or (self.label(self.a), self.label(self.b))
         if self.c is not None and self.d is not None:
             vc, vd, _ = self._pair(study, regime, tuning_seeds, self.c, self.d)
             n = min(len(va), len(vc))

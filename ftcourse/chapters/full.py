@@ -244,7 +244,68 @@ def _labels(dataset: Any) -> torch.Tensor:
 # --------------------------------------------------------------------------- claims
 
 
-
-
-CLAIMS: list[studies.Claim] = []
+# The sentences chapter 2 teaches, each with the comparison of the study that backs it. "The
+# rate validation chose" is the sweep's choice over the tuning seeds (``{"arm": "fine-tune"}``).
+BEFORE, LR0, CHOSEN = {"arm": "before"}, {"arm": "lr0"}, {"arm": "fine-tune"}
+SMALLEST, LARGEST = {**CHOSEN, "lr": SWEEP[0]}, {**CHOSEN, "lr": SWEEP[-1]}
+CLAIMS: list[studies.Claim] = [
+    studies.Claim(
+        "bn-drift",
+        "BatchNorm drift alone (learning rate 0, no weight changed) lowers the old head's "
+        "source accuracy",
+        BEFORE,
+        LR0,
+        measure_a="source_correct",
+        measure_b="source_correct",
+        names=("the pretrained model", "the lr = 0 control"),
+    ),
+    studies.Claim(
+        "weights-forget",
+        "With the pretrained BatchNorm statistics put back, the model fine-tuned at the rate "
+        "validation chose still forgets: its old head scores below the pretrained model's",
+        BEFORE,
+        CHOSEN,
+        measure_a="source_correct",
+        measure_b="source_correct_bn",
+        names=("the pretrained model", "the chosen rate's model, statistics restored"),
+    ),
+    studies.Claim(
+        "smaller-rate-forgets-less",
+        f"A smaller learning rate forgets less: with statistics restored, lr {SWEEP[0]:g} keeps "
+        f"more of the source task than lr {SWEEP[-1]:g}",
+        SMALLEST,
+        LARGEST,
+        measure_a="source_correct_bn",
+        measure_b="source_correct_bn",
+    ),
+    studies.Claim(
+        "smallest-rate-keeps",
+        f"At lr {SWEEP[0]:g} the weights forget little: with statistics restored, the old head "
+        "loses at most 0.02 of its source accuracy",
+        BEFORE,
+        SMALLEST,
+        expect="at most",
+        measure_a="source_correct",
+        measure_b="source_correct_bn",
+        names=("the pretrained model", f"lr {SWEEP[0]:g}, statistics restored"),
+    ),
+    studies.Claim(
+        "features-remember",
+        "At the rate validation chose, a re-fitted linear head recovers more of the source task "
+        "than the old head keeps: the features remember more than the head",
+        CHOSEN,
+        CHOSEN,
+        measure_a="source_correct_refit",
+        measure_b="source_correct_bn",
+        names=("a re-fitted source head", "the old head (statistics restored)"),
+    ),
+    studies.Claim(
+        "price-of-a-small-rate",
+        f"Forgetting less has a price on the target: the rate validation chose beats lr "
+        f"{SWEEP[0]:g} on the target's test set",
+        CHOSEN,
+        SMALLEST,
+        names=("the chosen rate", f"lr {SWEEP[0]:g}"),
+    ),
+]
 CLAIMS_BY_ID = {c.id: c for c in CLAIMS}

@@ -179,8 +179,6 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
 # --------------------------------------------------------------------------- claims
 
 
-
-
 # The arms of the study, as the page lists them.
 STUDY_ARMS = {
     **{

@@ -87,8 +87,6 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
     return studies.trial_result(trial, MAX_STEPS[labels])
 
 
-
-
 def chosen_lr(study: studies.Study, regime: str, arm: str, labels_per_class: int) -> float:
     """The learning rate the study chose on validation for ``arm`` at one label budget."""
     where = {"model": TINY, "arm": arm, "labels_per_class": labels_per_class}
