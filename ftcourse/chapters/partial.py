@@ -193,5 +193,56 @@ STUDY_ARMS = {
 
 
 # The sentences chapter 3 teaches, each with the comparison of the study that backs it.
-CLAIMS: list[studies.Claim] = []
+NEAR = {t: {"target": "near", "arm": t} for t in ("k=0", f"k={num_blocks()}", *METHODS)}
+FAR = {t: {"target": "far", "arm": t} for t in ("k=0", f"k={num_blocks()}")}
+ALL = f"k={num_blocks()}"
+CLAIMS: list[studies.Claim] = [
+    studies.Claim(
+        "far-gains-more",
+        "Unfreezing every block helps the far target (digits) more than the near one (clothes): "
+        "the gain from the head alone to every block is larger far than near",
+        FAR[ALL],
+        FAR["k=0"],
+        c=NEAR[ALL],
+        d=NEAR["k=0"],
+        names=("the far target's gain", "the near target's gain"),
+    ),
+    studies.Claim(
+        "full-beats-head-near",
+        "On the near target, training every block beats training the head alone",
+        NEAR[ALL],
+        NEAR["k=0"],
+        names=("every block (near)", "the head alone (near)"),
+    ),
+    studies.Claim(
+        "full-beats-head-far",
+        "On the far target, training every block beats training the head alone",
+        FAR[ALL],
+        FAR["k=0"],
+        names=("every block (far)", "the head alone (far)"),
+    ),
+    *[
+        studies.Claim(
+            f"full-beats-{m}",
+            f"Full fine-tuning beats {name}, which trains under 1 % of the weights",
+            NEAR[ALL],
+            NEAR[m],
+            names=("full fine-tuning", name),
+        )
+        for m, name in (
+            ("bitfit", "BitFit"),
+            ("sparse", "sparse fine-tuning with gradient-chosen masks"),
+            ("random-sparse", "sparse fine-tuning with random masks"),
+        )
+    ],
+    studies.Claim(
+        "gradient-vs-random",
+        "Choosing the sparse weights by their gradient gains at most 0.02 over choosing as many "
+        "at random (tiny-cnn, 0.5 % of the weights)",
+        NEAR["sparse"],
+        NEAR["random-sparse"],
+        expect="at most",
+        names=("gradient-chosen masks", "random masks"),
+    ),
+]
 CLAIMS_BY_ID = {c.id: c for c in CLAIMS}

@@ -115,4 +115,24 @@ STUDY_ARMS = {
 
 
 # The sentences chapter 1 teaches, each with the comparison of the study that backs it.
-CLAIMS: list[studies.Claim] = []
+CLAIMS: list[studies.Claim] = [
+    studies.Claim(
+        "few-labels",
+        "With 5 labels per class, where pretraining is supposed to matter most, fine-tuning "
+        "tiny-cnn gains at most 0.02 over the same network trained from scratch, both tuned "
+        "(the upper end of the 95 % interval)",
+        where("fine-tune", 5),
+        where("scratch", 5),
+        expect="at most",
+        names=("fine-tuning", "tuned scratch"),
+    ),
+    studies.Claim(
+        "many-labels",
+        "With 100 labels per class, fine-tuning tiny-cnn and tuned scratch are equivalent "
+        "within ±0.02",
+        where("fine-tune", 100),
+        where("scratch", 100),
+        expect="equivalent",
+        names=("fine-tuning", "tuned scratch"),
+    ),
+]
