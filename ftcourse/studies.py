@@ -653,8 +653,16 @@ class Study:
         return float(sum(p["wall_seconds"] for p in self.provenance if p["regime"] == regime))
 
     def machines(self, regime: str) -> list[str]:
+        """The CPUs that ran ``regime``: model, what it computes natively, and the precision
+        (``Intel Xeon (AMX bf16; bf16 autocast)``)."""
         return sorted(
-            {f"{p['cpu']} ({p['precision']})" for p in self.provenance if p["regime"] == regime}
+            {
+                f"{p['cpu']} ({_isa(p.get('cpu_flags', []))}; {p['precision']}"
+                + (", held to AVX2 kernels" if regime == "avx2" else "")
+                + ")"
+                for p in self.provenance
+                if p["regime"] == regime
+            }
         )
 
     def arm(self, regime: str, tuning_seeds: Sequence[int], **where: Any) -> Arm:
@@ -672,6 +680,17 @@ class Study:
                 raise KeyError(f"study {self.name} ({regime}): {where} has no complete grid yet")
         chosen = sorted((r for r in rows if float(r["lr"]) == lr), key=lambda r: int(r["seed"]))
         return Arm(", ".join(str(v) for v in where.values()), lr, grid, chosen)
+
+
+def _isa(flags: Sequence[str]) -> str:
+    """A CPU's relevant instruction sets in words."""
+    if "amx_bf16" in flags:
+        return "AMX bf16"
+    if "avx512_bf16" in flags:
+        return "AVX-512 with bf16"
+    if "avx512f" in flags:
+        return "AVX-512, no bf16"
+    return "AVX2" if "avx2" in flags else "no AVX2"
 
 
 def load(study: str) -> Study:
