@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import data, experiments, models, studies
-from ..train import evaluate, features, linear_probe, predict
+from ..train import correct, evaluate, features, linear_probe, predict
 from .quickstart import Task, task
 
 STUDY = "02"
@@ -198,7 +198,7 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
         else:
             net = models.load(MODEL, num_classes=5).model.to(device)
         r = measure(src, device)(net)
-        right = (predict(net, t.test_set, device).argmax(1).cpu() == _labels(t.test_set)).numpy()
+        right = correct(net, t.test_set, device).numpy()
         result = {
             "val_acc": round(evaluate(net, val, device), 4),
             "best_step": 0,
@@ -235,10 +235,6 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
         "source_correct_bn": studies.pack(r["source_correct_bn_restored"]),
         "source_correct_refit": studies.pack(r["source_correct_refit"]),
     }
-
-
-def _labels(dataset: Any) -> torch.Tensor:
-    return torch.stack([torch.as_tensor(dataset[i][1]) for i in range(len(dataset))])
 
 
 # --------------------------------------------------------------------------- claims

@@ -15,6 +15,7 @@ reference study (``ftcourse study 03``) chose on validation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ METHODS = ("bitfit", "sparse", "random-sparse")  # on the near target
 REQUIRED_REGIMES = ("fp32", "avx2")  # an Ice Lake CPU: no bf16; AVX-512 and AVX2 kernels
 
 
+@functools.cache
 def num_blocks() -> int:
     """Blocks below the head (tiny-cnn: the stem and four stages): k runs 0 ... this."""
     return len(models.blocks(models.build(MODEL, 5))) - 1

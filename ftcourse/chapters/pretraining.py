@@ -94,6 +94,7 @@ def chosen_lr(study: studies.Study, regime: str, arm: str, labels_per_class: int
 
 
 def where(arm: str, labels_per_class: int) -> dict[str, Any]:
+    """The study's selection of tiny-cnn's ``arm`` at one label budget."""
     return {"model": TINY, "arm": arm, "labels_per_class": labels_per_class}
 
 
