@@ -9,7 +9,7 @@ arm starts from the pretrained model with its BatchNorm statistics measured on i
 target's training images, then kept fixed, so that the arms differ only in which weights may
 change; frozen bottoms are precomputed once (the real saving of partial fine-tuning).
 
-The notebook's live run builds its arms with :func:`arms` and reads the learning rates the
+The notebook's live run builds its arms with :func:`arm` and reads the learning rates the
 reference study (``ftcourse study 03``) chose on validation.
 """
 

@@ -284,8 +284,8 @@ LrChoice = studies.LrChoice
 
 def learning_rates(model: str, arm: str, grid: Sequence[float], budget: Any) -> LrChoice:
     """The learning rates a live run tries for ``arm`` of ``model``: the one the reference
-    study chose on validation for the same model and budget (:func:`ftcourse.studies.
-    live_rates`), else ``grid``. ``budget`` is the live run's
+    study chose on validation for the same model and budget
+    (:func:`ftcourse.studies.live_rates`), else ``grid``. ``budget`` is the live run's
     :class:`~ftcourse.experiments.Budget`."""
     s = SETTINGS.get((model, arm))
     same = s is not None and (s.max_steps, s.batch_size) == (budget.max_steps, budget.batch_size)
