@@ -50,7 +50,10 @@ def start(
     global _current
     prof = get_profile(profile)
     dev = resolve_device(device)
-    report.start(notebook, prof.name)
+    if not train.show_progress():
+        _quiet_libraries()
+    _import_libraries()
+    report.start(notebook, prof.name)  # the clock of the profile's budget starts here
     cfg = prof.section(section) if section else {}
     model = model or cfg.get("model")
     cpu = precision.cpu_info()
@@ -61,13 +64,28 @@ def start(
         + (f"; model {model}" if model else "")
     )
     plots.use_book_style()
-    if not train.show_progress():
-        _quiet_libraries()
     report.glue("runtime", bench.runtime_line(notebook))
     if model:
         report.record("model", model)
     _current = Chapter(notebook, prof, cfg, dev, model)
     return _current
+
+
+def _import_libraries() -> None:
+    """Import, before the clock starts, what loading any zoo model imports on first use.
+
+    A profile's budget times the notebook's work; Python's imports take the same 3-6 s in
+    every profile (torchvision alone 2 s on a slow CPU), and transformers defers its model and
+    tokenizer modules (and, through its image utilities, torchvision) until a model is loaded.
+    """
+    import torchvision  # noqa: F401  (timm and transformers' image utilities import it)
+    from transformers.models.auto import tokenization_auto  # noqa: F401
+    from transformers.models.llama import modeling_llama  # noqa: F401  (tiny-lm, SmolLM2)
+
+    try:  # report.glue's first call imports nbformat, jsonschema... (the book extra)
+        import myst_nb.ext.glue  # noqa: F401
+    except ImportError:  # pragma: no cover - glue then does nothing
+        pass
 
 
 def _quiet_libraries() -> None:
