@@ -50,12 +50,14 @@ def start(
     global _current
     prof = get_profile(profile)
     dev = resolve_device(device)
+    cfg = prof.section(section) if section else {}
+    if model and cfg.get("model"):
+        check_model_kind(notebook, model, cfg["model"])
+    model = model or cfg.get("model")
     if not train.show_progress():
         _quiet_libraries()
     _import_libraries()
     report.start(notebook, prof.name)  # the clock of the profile's budget starts here
-    cfg = prof.section(section) if section else {}
-    model = model or cfg.get("model")
     cpu = precision.cpu_info()
     where = f"{dev}" if dev.type != "cpu" else f"{cpu.model}, {cpu.threads} threads"
     print(
@@ -69,6 +71,21 @@ def start(
         report.record("model", model)
     _current = Chapter(notebook, prof, cfg, dev, model)
     return _current
+
+
+def check_model_kind(notebook: str, model: str, default: str) -> None:
+    """``ValueError`` when ``model`` is not of the kind of the chapter's ``default`` model: a
+    vision chapter given a language model (or the reverse) says so before any work."""
+    from . import models
+
+    wanted, given = models.kind(default), models.kind(model)
+    if given is not None and wanted is not None and given != wanted:
+        names = {"vision": "an image model", "lm": "a language model"}
+        choices = [n for n in models.ZOO if models.kind(n) == wanted]
+        raise ValueError(
+            f"{notebook} trains {names[wanted]}, and MODEL={model!r} is {names[given]}: "
+            f"choose one of {', '.join(choices)} (or a folder or hub id of that kind)"
+        )
 
 
 def _import_libraries() -> None:

@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,7 @@ def run_notebook(
         raise FileNotFoundError(f"no notebook at {notebook}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    check_parameters(notebook, parameters or {})
     out = Path(output_dir) / f"{notebook.stem}.{profile}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
     # The kernel inherits this process's environment; restore it afterwards.
@@ -155,6 +157,54 @@ def run_notebook(
     return out
 
 
+def notebook_parameters(notebook: str | Path) -> list[str]:
+    """The names the notebook's ``parameters`` cell assigns (what ``-p`` may set)."""
+    import ast
+    import json
+
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            return [
+                t.id
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Assign | ast.AnnAssign)
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                if isinstance(t, ast.Name)
+            ]
+    return []
+
+
+def check_parameters(notebook: str | Path, names: Iterable[str]) -> None:
+    """``ValueError`` naming the closest parameter when ``names`` has one the notebook's
+    parameters cell does not assign (a typo would otherwise run with the defaults)."""
+    import difflib
+
+    known = notebook_parameters(notebook)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(
+                f"{Path(notebook).name} has no parameter {name!r}: {hint}its parameters are "
+                f"{', '.join(known) or '(none)'}"
+            )
+
+
+def _check_model_kind(notebook: Path, model: str, profile: Any) -> None:
+    """The chapter's default model (from the ``section=`` of its ``chapter.start`` call) and
+    ``model`` must be of one kind (:func:`ftcourse.chapter.check_model_kind`)."""
+    import re
+
+    from .chapter import check_model_kind
+
+    found = re.search(r'section=\\?"(\w+)\\?"', notebook.read_text(encoding="utf-8"))
+    default = profile.section(found.group(1)).get("model") if found else None
+    if default:
+        check_model_kind(notebook.stem, model, default)
+
+
 def run(args: argparse.Namespace) -> int:
     from .profiles import PROFILES
 
@@ -163,10 +213,12 @@ def run(args: argparse.Namespace) -> int:
     if args.profile not in PROFILES:
         raise UsageError(f"unknown profile {args.profile!r}; choose one of {', '.join(PROFILES)}")
     params = _parameters(args.param)
+    check_parameters(args.notebook, params)
     if params.get("MODEL") is not None:
         from .models import source_kind
 
         source_kind(str(params["MODEL"]))  # an unknown model is one line, before any work
+        _check_model_kind(Path(args.notebook), str(params["MODEL"]), PROFILES[args.profile])
     if args.report_dir is not None:
         _writable(args.report_dir)
     _writable(args.output_dir)
@@ -289,6 +341,9 @@ def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ftcourse", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"ftcourse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="check versions, device, datasets and zoo models")
     p = sub.add_parser("run", help="execute a notebook with papermill")

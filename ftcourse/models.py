@@ -498,6 +498,16 @@ def _converted_dir(file: str) -> Path:
     )
 
 
+def kind(name: str) -> str | None:
+    """``"vision"`` or ``"lm"`` for a model name, read from its card without loading weights;
+    ``None`` for a hub id (known only once fetched). ``KeyError`` for an unknown name."""
+    source = source_kind(name)
+    if source == "hub":
+        return None
+    card = read_card(ZOO_DIR / name if source == "zoo" else Path(name), verify=False)
+    return "vision" if card.get("arch") == EFFICIENTNET_ARCH else card.get("kind", "lm")
+
+
 def source_kind(name: str) -> str:
     """``"zoo"``, ``"folder"`` or ``"hub"`` for a model name; ``KeyError`` for anything else."""
     if name in ZOO:

@@ -88,6 +88,18 @@ def _cli(*args, env=None):
         (["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL=nope"], ": unknown model 'nope'"),
         (["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL"], "NAME=VALUE, not 'MODEL'"),
         (
+            ["run", "notebooks/00_quickstart.ipynb", "-p", "MODLE=efficientnet-lite0"],
+            "has no parameter 'MODLE': did you mean MODEL?",
+        ),
+        (
+            ["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL=tiny-lm"],
+            "trains an image model, and MODEL='tiny-lm' is a language model",
+        ),
+        (
+            ["run", "notebooks/04_additive.ipynb", "-p", "MODEL=efficientnet-lite0"],
+            "trains a language model, and MODEL='efficientnet-lite0' is an image model",
+        ),
+        (
             ["run", "notebooks/00_quickstart.ipynb", "--report-dir", "/proc/no/such/dir"],
             "cannot write to /proc/no/such/dir",
         ),
@@ -100,6 +112,28 @@ def test_user_errors_are_one_line_without_a_traceback(args, message):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ftcourse: error: "), err
     assert message in lines[0] and "Traceback" not in err
+
+
+def test_version_and_a_typo_in_a_parameter_name(tmp_path):
+    code, out, _ = _cli("--version")
+    assert code == 0 and out.startswith("ftcourse ")
+    assert cli.notebook_parameters("notebooks/05_lora.ipynb") == [
+        "PROFILE",
+        "SEED",
+        "DEVICE",
+        "MODEL",
+    ]
+    with pytest.raises(ValueError, match="did you mean SEED"):
+        cli.run_notebook("notebooks/05_lora.ipynb", "smoke", parameters={"SEDE": 1})
+
+
+def test_a_chapter_refuses_a_model_of_the_other_kind_before_any_work():
+    from ftcourse import chapter, models
+
+    assert [models.kind(n) for n in models.ZOO] == ["vision", "lm", "vision", "lm"]
+    with pytest.raises(ValueError, match="trains a language model"):
+        chapter.start("05_lora", "smoke", "cpu", section="lora", model="tiny-cnn")
+    chapter.check_model_kind("05_lora", "smollm2-135m", "tiny-lm")  # same kind: fine
 
 
 def test_doctor_reports_the_cpu_bf16_and_a_speed_probe(capsys):
