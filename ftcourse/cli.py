@@ -24,7 +24,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,66 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def doctor(_: argparse.Namespace) -> int:
+# The environment variables the course reads, and what each accepts (doctor checks them).
+ENVIRONMENT = {
+    "FTCOURSE_PROFILE": "smoke, cpu or gpu (the profile notebooks run in)",
+    "FTCOURSE_PRECISION": "auto, fp32 or bf16",
+    "FTCOURSE_DATA": "an absolute folder for the datasets",
+    "FTCOURSE_REPORT_DIR": "a writable folder for the notebooks' reports",
+    "FTCOURSE_PROGRESS": "0 hides progress bars, 1 shows them",
+    "FTCOURSE_OFFLINE": "1 never tries the internet",
+    "FTCOURSE_DEBUG": "1 shows tracebacks",
+    "FTCOURSE_CHROMIUM": "the Chromium the browser tests use",
+    "FTCOURSE_SITE": "the built site the browser tests read",
+    "FTCOURSE_STUDIES_DIR": "where reference studies are stored",
+}
 
+
+def environment_problems(env: Mapping[str, str] | None = None) -> list[str]:
+    """One line per ``FTCOURSE_*`` variable that is unknown or has a value the course would
+    refuse (``ftcourse doctor`` prints them all, instead of stopping at the first)."""
+    import difflib
+
+    from . import data
+    from .precision import CHOICES, PRECISION_ENV
+    from .profiles import PROFILES
+
+    env = os.environ if env is None else env
+    out = []
+    for var in sorted(v for v in env if v.startswith("FTCOURSE_")):
+        if var not in ENVIRONMENT and var != "FTCOURSE_CI_VENV":
+            close = difflib.get_close_matches(var, ENVIRONMENT, n=1)
+            out.append(
+                f"{var} is not a variable the course reads"
+                + (f" (did you mean {close[0]}?)" if close else "")
+            )
+    value = env.get("FTCOURSE_PROFILE")
+    if value is not None and value not in PROFILES:
+        out.append(f"FTCOURSE_PROFILE={value!r}; choose one of {', '.join(PROFILES)}")
+    value = env.get(PRECISION_ENV)
+    if value is not None and (value.strip().lower() or "auto") not in CHOICES:
+        out.append(f"{PRECISION_ENV}={value!r}; choose one of {', '.join(CHOICES)}")
+    for var in ("FTCOURSE_PROGRESS", "FTCOURSE_OFFLINE", "FTCOURSE_DEBUG"):
+        if env.get(var) not in (None, "0", "1"):
+            out.append(f"{var}={env[var]!r}; use 0 or 1")
+    if data.CACHE_ENV in env:
+        saved = os.environ.get(data.CACHE_ENV)
+        os.environ[data.CACHE_ENV] = env[data.CACHE_ENV]
+        try:
+            data.cache_dir()
+        except ValueError as err:
+            out.append(str(err))
+        finally:
+            if saved is None:
+                os.environ.pop(data.CACHE_ENV, None)
+            else:
+                os.environ[data.CACHE_ENV] = saved
+    return out
+
+
+def doctor(_: argparse.Namespace) -> int:
+    """Versions, device, CPU, speed, environment, datasets and zoo models: every check runs,
+    each problem is one line, and the exit status is 1 when there was one."""
     from . import bench, data, models, precision
     from .profiles import resolve_device
 
@@ -66,18 +124,29 @@ def doctor(_: argparse.Namespace) -> int:
     print(f"  device        {device}")
     print(f"  CPU           {cpu.model}, {cpu.cores} cores, torch uses {cpu.threads} threads")
     print(f"  bf16          {'native' if cpu.native_bf16 else 'NOT native'} ({cpu.bf16_reason})")
-    print(
-        f"  precision     training runs in {precision.describe(device)} on {device}"
-        f" (override: {precision.PRECISION_ENV}=fp32|bf16)"
-    )
+    try:
+        print(
+            f"  precision     training runs in {precision.describe(device)} on {device}"
+            f" (override: {precision.PRECISION_ENV}=fp32|bf16)"
+        )
+    except ValueError:  # a bad FTCOURSE_PRECISION: one PROBLEM line below
+        print(f"  precision     unknown until {precision.PRECISION_ENV} is fixed")
     probe = precision.speed_probe()
     speeds = ", ".join(f"{k.split('_')[0]} {v:.0f} GFLOP/s" for k, v in probe.items())
     print(f"  speed probe   512x512 matmul: {speeds}")
     for line in bench.expected_runtimes(probe["fp32_gflops"], native_bf16=cpu.native_bf16):
         print(f"  {line}")
-    for var in ("HF_HUB_OFFLINE", "FTCOURSE_PROFILE", "FTCOURSE_DATA"):
-        print(f"  {var + ':':<18} {os.environ.get(var, '(unset)')}")
-    print(f"datasets (cache: {data.cache_dir()})")
+    for var in ("HF_HUB_OFFLINE", *ENVIRONMENT):
+        print(f"  {var + ':':<22} {os.environ.get(var, '(unset)')}")
+    for message in environment_problems():
+        problems += 1
+        print(f"  PROBLEM  {message}")
+    try:
+        print(f"datasets (cache: {data.cache_dir()})")
+    except ValueError as err:  # a bad FTCOURSE_DATA, said above: no dataset can be found
+        print(f"datasets: not checked ({err})")
+        print(f"{problems} problem(s) found")
+        return 1
     for name, info in data.REGISTRY.items():
         try:
             folder = data.locate(name)

@@ -28,6 +28,37 @@ def test_doctor_names_the_fix_for_a_missing_dataset(monkeypatch, tmp_path, capsy
     assert "MISSING  fake" in out and "ftcourse data fetch fake" in out
 
 
+@pytest.mark.parametrize(
+    "var, value, problem",
+    [
+        ("FTCOURSE_PROFILE", "garbage", "FTCOURSE_PROFILE='garbage'; choose one of smoke"),
+        ("FTCOURSE_PRECISION", "garbage", "FTCOURSE_PRECISION='garbage'; choose one of auto"),
+        ("FTCOURSE_PROGRESS", "yes", "FTCOURSE_PROGRESS='yes'; use 0 or 1"),
+        (
+            "FTCOURSE_PROFLE",
+            "cpu",
+            "not a variable the course reads (did you mean FTCOURSE_PROFILE?)",
+        ),
+        ("FTCOURSE_DATA", "", "FTCOURSE_DATA is set but empty"),
+        ("FTCOURSE_DATA", "relative/dir", "is relative: give an absolute folder"),
+        ("FTCOURSE_DATA", "/etc/hostname", "is a file, not a folder"),
+    ],
+)
+def test_doctor_names_every_bad_variable_and_finishes(monkeypatch, capsys, var, value, problem):
+    monkeypatch.setenv(var, value)
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert any(line.strip().startswith("PROBLEM") and problem in line for line in out.splitlines())
+    assert out.rstrip().endswith("problem(s) found")
+
+
+@pytest.mark.parametrize("value", ["", "relative/dir", "/etc/hostname"])
+def test_a_bad_data_folder_is_one_line_before_any_write(value, tmp_path):
+    code, _, err = _cli("data", "fetch", "wordnet", env={"FTCOURSE_DATA": value})
+    assert code == 2 and err.startswith("ftcourse: error: FTCOURSE_DATA"), err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_console_script_is_installed():
     result = subprocess.run(
         [sys.executable, "-m", "ftcourse.cli", "--help"], capture_output=True, text=True

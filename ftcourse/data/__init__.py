@@ -39,8 +39,25 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def cache_dir() -> Path:
-    """Where fetched datasets live: ``$FTCOURSE_DATA`` or ``~/.cache/ftcourse/data``."""
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "ftcourse" / "data"))
+    """Where fetched datasets live: ``$FTCOURSE_DATA`` or ``~/.cache/ftcourse/data``.
+
+    ``$FTCOURSE_DATA`` must be an absolute path to a folder (or to nothing yet): an empty
+    value would make the current folder the cache, and a relative one would change with it.
+    """
+    value = os.environ.get(CACHE_ENV)
+    if value is None:
+        return Path.home() / ".cache" / "ftcourse" / "data"
+    if not value.strip():
+        raise ValueError(
+            f"{CACHE_ENV} is set but empty: unset it (the cache is then "
+            "~/.cache/ftcourse/data) or give an absolute folder"
+        )
+    folder = Path(value).expanduser()
+    if not folder.is_absolute():
+        raise ValueError(f"{CACHE_ENV}={value!r} is relative: give an absolute folder")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{CACHE_ENV}={value!r} is a file, not a folder")
+    return folder
 
 
 def sha256_file(path: str | Path) -> str:
