@@ -23,6 +23,7 @@ import importlib.metadata
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -179,6 +180,23 @@ def doctor(_: argparse.Namespace) -> int:
     return 0 if problems == 0 else 1
 
 
+def _local_kernel(folder: str) -> dict[str, Any]:
+    """Talk to the notebook's kernel over files in ``folder`` (IPC), not local TCP ports: no
+    "Kernel is running over TCP without encryption" warning on every run, and no port that
+    another user of the machine could connect to. Windows has no IPC transport: TCP there."""
+    if os.name != "posix":
+        return {}
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", os.path.join(folder, "kernel"))
+            super().__init__(**kwargs)
+
+    return {"kernel_manager_class": IPCKernelManager}
+
+
 def run_notebook(
     notebook: str | Path,
     profile: str,
@@ -209,14 +227,16 @@ def run_notebook(
     saved = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)
     try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(out),
-            parameters={**(parameters or {}), "PROFILE": profile},
-            kernel_name="python3",
-            cwd=str(notebook.parent),
-            progress_bar=sys.stderr.isatty(),
-        )
+        with tempfile.TemporaryDirectory(prefix="ftcourse-kernel-") as sockets:
+            papermill.execute_notebook(
+                str(notebook),
+                str(out),
+                parameters={**(parameters or {}), "PROFILE": profile},
+                kernel_name="python3",
+                cwd=str(notebook.parent),
+                progress_bar=sys.stderr.isatty(),
+                **_local_kernel(sockets),
+            )
     finally:
         for key, value in saved.items():
             if value is None:
