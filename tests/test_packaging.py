@@ -27,10 +27,16 @@ def test_environment_yml_mirrors_pyproject():
         assert specs[_name(r)] == r.replace(" ", ""), f"{r} differs in environment.yml"
 
 
-def test_readme_starts_with_the_two_commands():
+def test_readme_front_door_orients_a_learner_first():
     readme = (ROOT / "README.md").read_text()
     first = readme[: readme.index("## Profiles")]
     assert "make book" in first and "make test" in first
+    assert first.index("make lab") < first.index("make test")  # the learner's path first
+    assert "**For whom.**" in first and "**Prerequisites.**" in first
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):  # the syllabus lists every chapter
+        number = nb.stem.split("_")[0]
+        label = str(int(number)) if number.isdigit() else number
+        assert f"\n| {label} " in first, f"{nb.stem} is missing from the README's chapter table"
 
 
 def test_every_notebook_is_in_the_table_of_contents():
