@@ -7,7 +7,8 @@
 * ``ftcourse run NOTEBOOK --profile P [--report-dir D]`` - execute one notebook with papermill
   into ``_build/executed/``.
 * ``ftcourse data fetch [NAME ...]`` - obtain datasets (what ``make setup`` runs).
-* ``ftcourse pretrain {cnn,lm}`` - rebuild a zoo model.
+* ``ftcourse pretrain {cnn,lm} [--out DIR | --replace-zoo]`` - rebuild a zoo model (into
+  the data cache unless ``--replace-zoo``).
 * ``ftcourse study CHAPTER [--regime native|fp32|avx2]`` - run or resume a chapter's reference
   study (``benchmarks/results/studies/``).
 
@@ -171,7 +172,7 @@ def doctor(_: argparse.Namespace) -> int:
             problems += 1
             # the tiny models are built by a recipe; the others' weights are registry datasets
             fix = (
-                f"ftcourse pretrain {name.removeprefix('tiny-')}"
+                f"ftcourse pretrain {name.removeprefix('tiny-')} --replace-zoo"
                 if name.startswith("tiny-")
                 else f"ftcourse data fetch {name}"
             )

@@ -325,7 +325,8 @@ def read_card(folder: str | Path, verify: bool = True) -> dict:
             if sha256_file(path) != expected:
                 raise ChecksumError(
                     f"{path} is corrupt: its sha256 does not match {card_path}. "
-                    "Reinstall ftcourse (pip install -e .) or re-run `ftcourse pretrain`."
+                    "Reinstall ftcourse (pip install -e .) or re-run "
+                    "`ftcourse pretrain <cnn|lm> --replace-zoo`."
                 )
     return card
 
@@ -462,7 +463,7 @@ def load(name_or_path: str | os.PathLike, num_classes: int | None = None) -> Loa
         if not (folder / "card.json").is_file():
             raise FileNotFoundError(
                 f"zoo model {name!r} is not built in {folder}; run `ftcourse pretrain "
-                f"{name.removeprefix('tiny-')}`"
+                f"{name.removeprefix('tiny-')} --replace-zoo`"
             )
         return _load_folder(folder, num_classes)
     if kind == "folder":

@@ -232,11 +232,26 @@ def pretrain_lm(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftcourse pretrain", description=__doc__)
     parser.add_argument("model", choices=["cnn", "lm"], help="which zoo model to make")
-    parser.add_argument("--out", type=Path, help="output folder (default: the package zoo)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: <data cache>/pretrained/tiny-<model>, outside the zoo)",
+    )
+    where.add_argument(
+        "--replace-zoo",
+        action="store_true",
+        help="overwrite the shipped, checksummed zoo model (its card is rewritten)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="LM: optimizer steps; CNN: epochs")
     args = parser.parse_args(argv)
-    out = args.out or ZOO_DIR / f"tiny-{args.model}"
+    if args.replace_zoo:
+        out = ZOO_DIR / f"tiny-{args.model}"
+    else:
+        from .data import cache_dir
+
+        out = args.out or cache_dir() / "pretrained" / f"tiny-{args.model}"
     if args.model == "cnn":
         kw = {} if args.steps is None else {"num_epochs": args.steps}
         result = pretrain_cnn(out, seed=args.seed, **kw)
@@ -244,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         kw = {} if args.steps is None else {"num_steps": args.steps}
         result = pretrain_lm(out, seed=args.seed, **kw)
     print(f"saved {out}: {result}")
+    if not args.replace_zoo:
+        print(
+            f"use it with MODEL={str(out)!r} in a notebook; the shipped zoo model is unchanged "
+            f"(--replace-zoo overwrites it)"
+        )
     return 0
 
 

@@ -174,3 +174,17 @@ def test_doctor_reports_the_cpu_bf16_and_a_speed_probe(capsys):
     out = capsys.readouterr().out
     assert "CPU " in out and "bf16 " in out and ("native" in out)
     assert "GFLOP/s" in out and "book runtime" in out
+
+
+def test_pretrain_leaves_the_shipped_zoo_alone_unless_asked(monkeypatch, tmp_path):
+    from ftcourse import models, pretrain
+
+    seen = []
+    monkeypatch.setattr(pretrain, "pretrain_cnn", lambda out, seed, **kw: seen.append(out) or {})
+    monkeypatch.setenv("FTCOURSE_DATA", str(tmp_path))
+    assert pretrain.main(["cnn"]) == 0
+    assert seen[-1] == tmp_path / "pretrained" / "tiny-cnn"
+    assert pretrain.main(["cnn", "--replace-zoo"]) == 0
+    assert seen[-1] == models.ZOO_DIR / "tiny-cnn"
+    with pytest.raises(SystemExit):  # one or the other
+        pretrain.main(["cnn", "--out", str(tmp_path / "x"), "--replace-zoo"])
