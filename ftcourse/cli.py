@@ -339,14 +339,36 @@ def data_fetch(args: argparse.Namespace) -> int:
         raise UsageError(
             f"unknown dataset {', '.join(map(repr, unknown))}; known: {', '.join(data.REGISTRY)}"
         )
-    failed = 0
+    failed = []
     for name in names:
         try:
             print(f"{name}: {data.fetch(name)}")
         except (data.DataNotFoundError, KeyError) as err:
-            failed += 1
+            failed.append((name, str(err)))
             print(f"{name}: FAILED\n{err}", file=sys.stderr)
+    print(
+        _fetch_summary(len(names), failed, data.cache_dir()),
+        file=sys.stderr if failed else sys.stdout,
+    )
     return 1 if failed else 0
+
+
+OFFLINE_SIGNS = ("offline", "connection", "resolve", "unreachable", "timed out", "network")
+
+
+def _fetch_summary(total: int, failed: list[tuple[str, str]], cache: Path) -> str:
+    """The last line of ``data fetch``: how many are ready and, for the rest, the fix."""
+    if not failed:
+        return f"data fetch: all {total} dataset(s) ready in {cache}"
+    names = ", ".join(n for n, _ in failed)
+    head = f"data fetch: {total - len(failed)} of {total} ready; failed: {names}. Fix: "
+    if all(any(s in err.lower() for s in OFFLINE_SIGNS) for _, err in failed):
+        return head + (
+            "no download source was reachable (offline?): run `ftcourse data fetch` on a "
+            f"machine with internet and copy its data cache into {cache} (the book's Instructor "
+            "guide, 'Preparing a classroom without internet')"
+        )
+    return head + "see each dataset's reasons above; `ftcourse doctor` lists what is missing"
 
 
 def _parameters(pairs: list[str]) -> dict[str, Any]:

@@ -131,3 +131,55 @@ def test_random_subset_is_seeded_and_capped():
     assert len(a) == 50 and a.indices == b.indices
     assert a.indices != data.random_subset(pool, 50, seed=4).indices
     assert len(data.random_subset(pool, 10**6)) == len(pool)
+
+
+def test_safe_extract_needs_no_tarfile_filter_and_refuses_escapes(tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)  # Python < 3.11.4 / 3.10.12
+
+    def archive(*members):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for name, kind in members:
+                info = tarfile.TarInfo(name)
+                if kind == "file":
+                    info.size = 5
+                    t.addfile(info, io.BytesIO(b"hello"))
+                else:
+                    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                    t.addfile(info)
+        buf.seek(0)
+        return tarfile.open(fileobj=buf)
+
+    data.safe_extract(archive(("pkg/data/a.txt", "file")), tmp_path / "ok")
+    assert (tmp_path / "ok" / "pkg" / "data" / "a.txt").read_bytes() == b"hello"
+    with pytest.raises(ValueError, match="unsafe path"):
+        data.safe_extract(archive(("../evil.txt", "file")), tmp_path / "bad")
+    with pytest.raises(ValueError, match="not a regular file"):
+        data.safe_extract(archive(("link", "symlink")), tmp_path / "bad")
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "bad" / "link").exists()
+
+
+def test_offline_fetch_ends_with_one_summary_line_and_the_fix(
+    fake_dataset, tmp_path, monkeypatch, capsys
+):
+    from ftcourse import cli
+
+    (fake_dataset / "a.txt").unlink()  # only the URL source is left
+    cache = tmp_path / "cache"
+    (cache / "fake").mkdir(parents=True)
+    (cache / "fake" / "a.txt").write_text("damaged\n")
+    stale = cache / f"{data.STAGING_PREFIX}999999999-x"  # a killed fetch's staging folder
+    stale.mkdir()
+    monkeypatch.setenv("FTCOURSE_OFFLINE", "1")
+    with pytest.raises(data.DataNotFoundError, match="the cached copy is damaged"):
+        data.fetch("fake")
+    assert not stale.exists()
+    assert not list(cache.glob(f"{data.STAGING_PREFIX}*"))
+    capsys.readouterr()
+    code = cli.main(["data", "fetch", "fake"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and line.startswith("data fetch: 0 of 1 ready; failed: fake. Fix: ")
+    assert "machine with internet" in line and str(cache) in line

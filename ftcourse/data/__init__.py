@@ -167,7 +167,7 @@ class PipArchive:
                     z.extractall(out)
             else:
                 with tarfile.open(archive) as t:
-                    t.extractall(out, filter="data")
+                    safe_extract(t, out)
             roots = [out] + [p for p in out.iterdir() if p.is_dir()]  # sdists nest one level
             root = next((r for r in roots if (r / self.subdir).is_dir()), None)
             if root is None:
@@ -198,7 +198,7 @@ class Url:
                     self.base_url, known_hash=None, path=tmp, downloader=downloader
                 )
                 with tarfile.open(archive) as t:
-                    t.extractall(Path(tmp) / "x", filter="data")
+                    safe_extract(t, Path(tmp) / "x")
                 InstalledDir(str(Path(tmp) / "x" / self.archive_subdir)).provide(files, dest)
                 return
             for name in files:
@@ -209,6 +209,32 @@ class Url:
 
 
 Source = InstalledDir | InstalledPythonPackage | DebianPackage | PipArchive | Url
+
+
+def safe_extract(archive: tarfile.TarFile, dest: Path) -> None:
+    """Extract regular files and folders only, each inside ``dest``; refuse anything else.
+
+    Python 3.12 (and 3.11.4, 3.10.12) has ``extractall(filter="data")``; older versions do
+    not, so the same rules are checked here by hand: no absolute path, no ``..``, no link,
+    device or other special member.
+    """
+    dest = Path(dest).resolve()
+    members = []
+    for m in archive.getmembers():
+        target = (dest / m.name).resolve()
+        if os.path.isabs(m.name) or not target.is_relative_to(dest):
+            raise ValueError(f"unsafe path in archive: {m.name!r}")
+        if not (m.isfile() or m.isdir()):
+            raise ValueError(f"archive member {m.name!r} is not a regular file or folder")
+        members.append(m)
+    for m in members:
+        target = dest / m.name
+        if m.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.extractfile(m) as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
 
 
 def _run(cmd: list[str], cwd: str | None = None) -> None:
@@ -434,6 +460,21 @@ def _verify(info: DatasetInfo, folder: Path) -> list[str]:
     return problems
 
 
+STAGING_PREFIX = ".staging-"
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Remove the staging folders of fetches whose process is gone (a killed fetch)."""
+    for stale in folder.glob(f"{STAGING_PREFIX}*"):
+        try:
+            pid = int(stale.name.removeprefix(STAGING_PREFIX).split("-", 1)[0])
+            os.kill(pid, 0)  # still running: leave it
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
 def _try_sources(info: DatasetInfo, local_only: bool) -> tuple[Path | None, list[str]]:
     """Try each source in order into a staging folder; move the first good result into place."""
     target = cache_dir() / info.name
@@ -442,7 +483,10 @@ def _try_sources(info: DatasetInfo, local_only: bool) -> tuple[Path | None, list
         if local_only and not source.local:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        _remove_stale_staging(target.parent)
+        with tempfile.TemporaryDirectory(
+            prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=target.parent
+        ) as tmp:
             raw, staged = Path(tmp) / "raw", Path(tmp) / "staged"
             raw.mkdir()
             staged.mkdir()
@@ -490,10 +534,16 @@ def fetch(name: str) -> Path:
         return locate(name)
     except DataNotFoundError:
         pass
+    folder = cache_dir() / name
+    cached = _verify(info, folder) if folder.exists() else []
     found, tried = _try_sources(info, local_only=False)
     if found is None:
+        corrupt = [p for p in cached if "corrupt" in p]
         raise DataNotFoundError(
-            f"could not obtain dataset {name!r}; tried:\n  - " + "\n  - ".join(tried)
+            f"could not obtain dataset {name!r}"
+            + (f" (the cached copy is damaged: {'; '.join(corrupt)})" if corrupt else "")
+            + "; tried:\n  - "
+            + "\n  - ".join(tried)
         )
     return found
 
