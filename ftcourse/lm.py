@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 
@@ -146,10 +147,13 @@ def encode_corpus(tokenizer, texts: Sequence[str], cache: bool = True) -> Tensor
         ids.append(tokenizer.eos_token_id)
     tokens = torch.tensor(ids, dtype=torch.long)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(tokens, tmp)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(tokens, tmp)
+            tmp.replace(path)
+        except OSError:  # a read-only (shared) data cache: tokenize again next time
+            pass
     return tokens
 
 

@@ -158,3 +158,16 @@ def test_lm_loss_spreads_its_windows_over_every_text():
     assert first == lm.lm_loss(model, tokens[: 128 * 4 + 1])
     spread = lm.lm_loss(model, tokens, max_windows=4, spread=True)
     assert spread != first
+
+
+def test_token_cache_in_a_read_only_data_folder_is_skipped(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("FTCOURSE_DATA", str(tmp_path))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(lm.torch, "save", refuse)  # root ignores chmod: imitate the refusal
+    _, tokenizer = tiny
+    tokens = lm.encode_corpus(tokenizer, ["To be, or not to be."])
+    assert tokens[-1] == tokenizer.eos_token_id and len(tokens) > 3
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.tmp"))
