@@ -2,7 +2,9 @@
 # Both run `setup` first: a virtual environment in $(VENV) with the package and its extras,
 # and every dataset fetched into the data cache (~/.cache/ftcourse/data, or $FTCOURSE_DATA).
 
-VENV ?= .venv
+# The environment: an active conda environment named ftcourse (environment.yml) when there is
+# one, else a virtual environment in .venv; `make VENV=...` picks any other.
+VENV ?= $(if $(filter ftcourse,$(CONDA_DEFAULT_ENV)),$(CONDA_PREFIX),.venv)
 PYTHON ?= python3
 # The torch/torchvision pair that is tested (see README). Override for another platform, e.g.
 #   make setup TORCH="torch torchvision"
