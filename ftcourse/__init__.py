@@ -1,16 +1,31 @@
 """ftcourse: the companion package of the fine-tuning course.
 
-Modules (imported on demand, so ``import ftcourse`` stays cheap):
+Modules (imported on demand, so ``import ftcourse`` stays cheap), in the order a reader meets
+them:
 
-* :mod:`ftcourse.profiles` - run profiles (smoke / cpu / gpu), device and seed helpers
-* :mod:`ftcourse.data` - the dataset registry and loaders
+* :mod:`ftcourse.chapter` - the first and last cell of every notebook (set-up, runtime)
+* :mod:`ftcourse.profiles` - run profiles (smoke / cpu / gpu): sizes, steps, seeds per chapter;
+  device and seed helpers
+* :mod:`ftcourse.precision` - mixed precision only where the CPU or GPU has it
+* :mod:`ftcourse.data` - the dataset registry, its sources and the image loaders;
+  :mod:`ftcourse.data.text` - corpora, WordNet, text tasks, facts and instructions
 * :mod:`ftcourse.models` - the model zoo and :func:`ftcourse.models.load`
-* :mod:`ftcourse.pretrain` - the recipes that make the zoo's models
+* :mod:`ftcourse.pretrain` - the recipes that make the zoo's tiny models
 * :mod:`ftcourse.train` - the training / evaluation loop
-* :mod:`ftcourse.methods` - partial fine-tuning: freezing, BitFit, sparse masks (chapter 3)
-* :mod:`ftcourse.report` - recorded measurements and claim checks
+* :mod:`ftcourse.experiments` - fair comparisons: every arm tuned on validation
+* :mod:`ftcourse.studies` - reference studies: stored evidence, intervals, claims
+* :mod:`ftcourse.chapters` - one module per chapter experiment (task, arms, study, claims)
+* :mod:`ftcourse.methods` - the techniques by name: partial fine-tuning (chapter 3), adapters
+  and prompt tuning (4), LoRA (5), quantized weights (4, 5)
+* :mod:`ftcourse.lm` - language-model helpers (tokens in, losses and text out; chapters 1, 4-7)
+* :mod:`ftcourse.align` - RLHF step by step: feedback, reward model, PPO, DPO (chapter 7)
+* :mod:`ftcourse.semi` - semi-supervised fine-tuning (chapter 8)
+* :mod:`ftcourse.memory` - parameter counts and memory, measured and estimated (chapter 4)
+* :mod:`ftcourse.report` - recorded measurements, invariants and findings
 * :mod:`ftcourse.plots` - the book's plot types
-* :mod:`ftcourse.memory` - parameter counts and memory figures
+* :mod:`ftcourse.bench` - measured runtimes, read back
+* :mod:`ftcourse.cli` - the ``ftcourse`` command
+* :mod:`ftcourse.sphinxext` - the book's Sphinx extension
 """
 
 import os as _os

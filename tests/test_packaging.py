@@ -53,3 +53,14 @@ def test_every_notebook_is_in_the_table_of_contents():
 
 def test_ci_calls_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_package_docstring_maps_every_module():
+    import ftcourse
+
+    doc = ftcourse.__doc__
+    package = ROOT / "ftcourse"
+    names = {p.stem for p in package.glob("*.py") if not p.stem.startswith("_")}
+    names |= {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    for name in sorted(names - {"zoo"}):
+        assert f":mod:`ftcourse.{name}`" in doc, f"ftcourse/__init__.py does not map {name}"
