@@ -37,8 +37,7 @@ import torch
 
 from ftcourse import bench, data, models, precision, report
 from ftcourse import lm as lmlib
-from ftcourse.profiles import seed_everything
-from ftcourse.train import fit_steps
+from ftcourse.train import fit_steps, seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

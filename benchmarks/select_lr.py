@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from ftcourse import data, experiments
-from ftcourse.profiles import get_profile, resolve_device
+from ftcourse.precision import resolve_device
+from ftcourse.profiles import get_profile
 
 RESULTS_A1 = Path(__file__).parent / "results" / "lr_selection_A1.csv"
 RESULTS_04 = Path(__file__).parent / "results" / "lr_selection_04.csv"

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from . import __version__, bench, plots, precision, report, train
-from .profiles import Profile, get_profile, resolve_device
+from .precision import resolve_device
+from .profiles import Profile, get_profile
 
 
 @dataclass

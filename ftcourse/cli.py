@@ -115,7 +115,7 @@ def doctor(_: argparse.Namespace) -> int:
     """Versions, device, CPU, speed, environment, datasets and zoo models: every check runs,
     each problem is one line, and the exit status is 1 when there was one."""
     from . import bench, data, models, precision
-    from .profiles import resolve_device
+    from .precision import resolve_device
 
     problems = 0
     print(f"ftcourse doctor - Python {platform.python_version()} on {platform.platform()}")

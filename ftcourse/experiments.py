@@ -32,8 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .memory import count_parameters
-from .profiles import seed_everything
-from .train import Curve, correct, evaluate, fit_steps
+from .train import Curve, correct, evaluate, fit_steps, seed_everything
 
 # A model factory gets the seed's training split (sparse masks need it) and returns the model
 # ready to train, or (model, extra) where ``extra`` is stored in ``Trial.extra``.

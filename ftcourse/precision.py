@@ -166,3 +166,14 @@ def speed_probe(seconds: float = 0.3) -> dict[str, float]:
     if native_bf16("cpu"):
         result["bf16_gflops"] = matmul_gflops(torch.bfloat16, seconds=seconds)
     return result
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` picks cuda > mps > cpu; any other string is passed to ``torch.device``."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -22,8 +22,7 @@ from . import data, lm
 from .data import text
 from .models import ZOO_DIR, build_cnn, build_lm, write_card
 from .precision import PRECISION_ENV, describe
-from .profiles import seed_everything
-from .train import evaluate, fit
+from .train import evaluate, fit, seed_everything
 
 # --------------------------------------------------------------------------- tiny-cnn
 

@@ -1,18 +1,18 @@
-"""Run profiles, device choice and seeding.
+"""Run profiles: the table of sizes, step counts and models per chapter and profile.
 
 Every notebook reads one profile name (``smoke``, ``cpu`` or ``gpu``) and takes its sizes,
 step counts and model ids from :data:`PROFILES`, so that the same code path runs in the test
 suite, on a laptop and on a GPU. Introduced in chapter 0 (quickstart); used by every chapter.
+The device choice is :func:`ftcourse.precision.resolve_device`; seeding is
+:func:`ftcourse.train.seed_everything`.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 
 PROFILE_ENV = "FTCOURSE_PROFILE"
@@ -840,25 +840,3 @@ def get_profile(name: str | None = None, **overrides: Any) -> Profile:
     if profile.num_threads:
         torch.set_num_threads(profile.num_threads)
     return profile
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks cuda > mps > cpu; any other string is passed to ``torch.device``."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU generator seeded the same way.
-
-    Pass the generator to data loaders and samplers so that data order is reproducible.
-    """
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)

@@ -511,7 +511,7 @@ def simclr_encoder(
     """``model``'s architecture from random weights, without head, trained by
     :func:`simclr_pretrain` on ``images`` with the profile's ``simclr_*`` settings."""
     from . import models
-    from .profiles import seed_everything
+    from .train import seed_everything
 
     generator = seed_everything(seed)
     encoder = models.build(model, num_classes=0)

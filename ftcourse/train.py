@@ -21,16 +21,30 @@ from __future__ import annotations
 import copy
 import math
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .precision import autocast
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator seeded the same way.
+
+    Pass the generator to data loaders and samplers so that data order is reproducible.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
 
 PROGRESS_ENV = "FTCOURSE_PROGRESS"
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from ftcourse.profiles import PROFILES, get_profile, resolve_device, seed_everything
+from ftcourse.precision import resolve_device
+from ftcourse.profiles import PROFILES, get_profile
+from ftcourse.train import seed_everything
 
 
 def test_profiles_share_the_same_settings_keys():

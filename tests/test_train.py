@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from ftcourse import models
-from ftcourse.profiles import seed_everything
-from ftcourse.train import evaluate, fit
+from ftcourse.train import evaluate, fit, seed_everything
 
 
 def _toy_task(n: int = 64) -> torch.utils.data.TensorDataset:

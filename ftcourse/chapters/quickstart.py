@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from .. import data, models, studies
-from ..profiles import seed_everything
-from ..train import correct, evaluate, features, fit, fit_steps, linear_probe
+from ..train import correct, evaluate, features, fit, fit_steps, linear_probe, seed_everything
 
 STUDY = "00"
 TARGET_CLASSES = (5, 6, 7, 8, 9)
