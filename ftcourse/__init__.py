@@ -4,14 +4,13 @@ Modules (imported on demand, so ``import ftcourse`` stays cheap), in the order a
 them:
 
 * :mod:`ftcourse.chapter` - the first and last cell of every notebook (set-up, runtime)
-* :mod:`ftcourse.profiles` - run profiles (smoke / cpu / gpu): sizes, steps, seeds per chapter;
-  device and seed helpers
-* :mod:`ftcourse.precision` - mixed precision only where the CPU or GPU has it
+* :mod:`ftcourse.profiles` - run profiles (smoke / cpu / gpu): sizes, steps, seeds per chapter
+* :mod:`ftcourse.precision` - the device, and mixed precision only where it computes bf16
 * :mod:`ftcourse.data` - the dataset registry, its sources and the image loaders;
   :mod:`ftcourse.data.text` - corpora, WordNet, text tasks, facts and instructions
 * :mod:`ftcourse.models` - the model zoo and :func:`ftcourse.models.load`
 * :mod:`ftcourse.pretrain` - the recipes that make the zoo's tiny models
-* :mod:`ftcourse.train` - the training / evaluation loop
+* :mod:`ftcourse.train` - seeding, the training / evaluation loop
 * :mod:`ftcourse.experiments` - fair comparisons: every arm tuned on validation
 * :mod:`ftcourse.studies` - reference studies: stored evidence, intervals, claims
 * :mod:`ftcourse.chapters` - one module per chapter experiment (task, arms, study, claims)
