@@ -6,8 +6,9 @@ them:
 * :mod:`ftcourse.chapter` - the first and last cell of every notebook (set-up, runtime)
 * :mod:`ftcourse.profiles` - run profiles (smoke / cpu / gpu): sizes, steps, seeds per chapter
 * :mod:`ftcourse.precision` - the device, and mixed precision only where it computes bf16
-* :mod:`ftcourse.data` - the dataset registry, its sources and the image loaders;
-  :mod:`ftcourse.data.text` - corpora, WordNet, text tasks, facts and instructions
+* :mod:`ftcourse.data` - datasets (re-exports): ``data.registry`` (entries, ``locate``,
+  ``fetch``), ``data.sources``, ``data.cache``, ``data.images``, and ``data.text`` (corpora,
+  WordNet, text tasks, facts and instructions)
 * :mod:`ftcourse.models` - the model zoo and :func:`ftcourse.models.load`
 * :mod:`ftcourse.pretrain` - the recipes that make the zoo's tiny models
 * :mod:`ftcourse.train` - seeding, the training / evaluation loop

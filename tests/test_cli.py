@@ -22,7 +22,9 @@ def test_doctor_names_the_fix_for_a_missing_dataset(monkeypatch, tmp_path, capsy
     fake = data.DatasetInfo(
         "fake", "test", "CC0", 0.1, {"a": "0" * 64}, (data.InstalledDir(str(tmp_path / "nowhere")),)
     )
-    monkeypatch.setattr(data, "REGISTRY", {"fake": fake})
+    for name in list(data.REGISTRY):  # the same dict in ftcourse.data and its registry module
+        monkeypatch.delitem(data.REGISTRY, name)
+    monkeypatch.setitem(data.REGISTRY, "fake", fake)
     assert cli.main(["doctor"]) == 1
     out = capsys.readouterr().out
     assert "MISSING  fake" in out and "ftcourse data fetch fake" in out

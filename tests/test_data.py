@@ -1,5 +1,6 @@
 import dataclasses
 import re
+import shutil
 import time
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_locate_copies_an_installed_copy_into_the_cache(fake_dataset, tmp_path):
 def test_corrupt_cache_is_detected_and_repaired_from_the_installed_copy(fake_dataset):
     folder = data.locate("fake")
     (folder / "a.txt").write_text("tampered\n")
-    assert data._verify(data.REGISTRY["fake"], folder) == [
+    assert data.registry._verify(data.REGISTRY["fake"], folder) == [
         f"{folder / 'a.txt'} is corrupt (sha256 mismatch; delete it and fetch again)"
     ]
     assert (data.locate("fake") / "a.txt").read_text() == "hello\n"
@@ -226,9 +227,9 @@ def test_a_machine_without_apt_get_or_tarfile_filter_fetches_a_debian_package_fi
     import tarfile
 
     monkeypatch.delattr(tarfile, "data_filter", raising=False)
-    real_which = data.shutil.which
+    real_which = shutil.which
     monkeypatch.setattr(
-        data.shutil, "which", lambda c: None if "apt" in c or "dpkg" in c else real_which(c)
+        shutil, "which", lambda c: None if "apt" in c or "dpkg" in c else real_which(c)
     )
     monkeypatch.setenv("FTCOURSE_DATA", str(tmp_path / "cache"))
     monkeypatch.delenv("FTCOURSE_OFFLINE", raising=False)
@@ -250,7 +251,7 @@ def test_a_machine_without_apt_get_or_tarfile_filter_fetches_a_debian_package_fi
     folder = data.fetch("fake")
     assert (folder / "a.txt").read_bytes() == b"hello\n"
     assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]  # the doc symlink skipped
-    data.shutil.rmtree(folder)
+    shutil.rmtree(folder)
     with pytest.raises(data.DataNotFoundError, match="sha256 does not match the pinned one"):
         monkeypatch.setitem(
             data.REGISTRY, "fake", dataclasses.replace(info, sources=info.sources[:2])
