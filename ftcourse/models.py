@@ -499,6 +499,14 @@ def _converted_dir(file: str) -> Path:
     )
 
 
+def weights_dataset(card: dict) -> str | None:
+    """The registry dataset holding a zoo card's weights (efficientnet-lite0, smollm2-135m),
+    or ``None`` when the weights sit beside the card (the tiny models)."""
+    if "gguf" in card:
+        return card["gguf"]["dataset"]
+    return "efficientnet-lite0" if card.get("arch") == EFFICIENTNET_ARCH else None
+
+
 def kind(name: str) -> str | None:
     """``"vision"`` or ``"lm"`` for a model name, read from its card without loading weights;
     ``None`` for a hub id (known only once fetched). ``KeyError`` for an unknown name."""

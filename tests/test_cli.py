@@ -61,6 +61,26 @@ def test_a_bad_data_folder_is_one_line_before_any_write(value, tmp_path):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_doctor_checks_a_zoo_models_weights_not_only_its_card(monkeypatch, capsys):
+    from ftcourse import models
+
+    real = data.locate
+
+    def locate(name):
+        if name == "smollm2-135m":
+            raise data.DataNotFoundError("dataset 'smollm2-135m' is not available")
+        return real(name)
+
+    monkeypatch.setattr(data, "locate", locate)
+    assert models.weights_dataset(models.read_card(models.ZOO_DIR / "smollm2-135m")) == (
+        "smollm2-135m"
+    )
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING  smollm2-135m" in out and "ftcourse data fetch smollm2-135m" in out
+    assert "ok       efficientnet-lite0" in out
+
+
 def test_console_script_is_installed():
     result = subprocess.run(
         [sys.executable, "-m", "ftcourse.cli", "--help"], capture_output=True, text=True
