@@ -120,3 +120,24 @@ def test_author_task_tests_on_works_tiny_lm_never_read():
     held += "".join(text.load_austen()[w] for w in text.AUSTEN_HELD_OUT)
     flat = " ".join(held.split())
     assert all(e.text in flat for e in splits["test"][:20] + splits["test"][-20:])
+
+
+def test_parsed_wordnet_is_reused_only_from_this_users_own_file():
+    import os
+    import pickle
+
+    from ftcourse.data import locate
+
+    text.wordnet_synsets.cache_clear()
+    first = text.wordnet_synsets("adv")  # parses and keeps the table beside the file
+    (cached,) = locate("wordnet").glob(".parsed.adv.*.pickle")
+    assert text._own_file(cached)
+    cached.write_bytes(pickle.dumps({"planted": None}))  # what another user could write
+    os.chmod(cached, 0o666)  # writable by others: not trusted, parsed again
+    try:
+        assert not text._own_file(cached)
+        text.wordnet_synsets.cache_clear()
+        assert text.wordnet_synsets("adv") == first
+    finally:
+        os.chmod(cached, 0o644)
+        text.wordnet_synsets.cache_clear()

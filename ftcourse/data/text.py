@@ -28,6 +28,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import load_shakespeare, locate
 
@@ -113,6 +114,12 @@ _PARSER_KEY = hashlib.sha256(
 ).hexdigest()[:12]
 
 
+def _own_file(path: Path) -> bool:
+    """``path`` exists, belongs to this user and nobody else can write it."""
+    st = path.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022 if hasattr(os, "getuid") else True
+
+
 @functools.lru_cache(maxsize=4)
 def wordnet_synsets(pos: str) -> dict[str, Synset]:
     """All synsets of ``pos`` (``"noun"``, ``"verb"``, ``"adj"``, ``"adv"``) by offset."""
@@ -126,8 +133,9 @@ def wordnet_synsets(pos: str) -> dict[str, Synset]:
     key = f"{stat.st_size}-{stat.st_mtime_ns}-{_PARSER_KEY}"
     cached = source.with_name(f".parsed.{pos}.{key}.pickle")
     try:
-        with open(cached, "rb") as f:
-            return pickle.load(f)
+        if _own_file(cached):  # a pickle runs code when loaded: only one this user wrote
+            with open(cached, "rb") as f:
+                return pickle.load(f)
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
         pass
     out = {}
