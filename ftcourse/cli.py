@@ -97,17 +97,10 @@ def environment_problems(env: Mapping[str, str] | None = None) -> list[str]:
         if env.get(var) not in (None, "0", "1"):
             out.append(f"{var}={env[var]!r}; use 0 or 1")
     if data.CACHE_ENV in env:
-        saved = os.environ.get(data.CACHE_ENV)
-        os.environ[data.CACHE_ENV] = env[data.CACHE_ENV]
         try:
-            data.cache_dir()
+            data.cache_dir(env[data.CACHE_ENV])
         except ValueError as err:
             out.append(str(err))
-        finally:
-            if saved is None:
-                os.environ.pop(data.CACHE_ENV, None)
-            else:
-                os.environ[data.CACHE_ENV] = saved
     return out
 
 

@@ -15,13 +15,14 @@ class DataNotFoundError(FileNotFoundError):
     """A dataset is neither cached nor installed; the message names the command that fixes it."""
 
 
-def cache_dir() -> Path:
+def cache_dir(value: str | None = None) -> Path:
     """Where fetched datasets live: ``$FTCOURSE_DATA`` or ``~/.cache/ftcourse/data``.
 
-    ``$FTCOURSE_DATA`` must be an absolute path to a folder (or to nothing yet): an empty
-    value would make the current folder the cache, and a relative one would change with it.
+    ``$FTCOURSE_DATA`` (or ``value``, checked the same way) must be an absolute path to a
+    folder (or to nothing yet): an empty value would make the current folder the cache, and a
+    relative one would change with it.
     """
-    value = os.environ.get(CACHE_ENV)
+    value = os.environ.get(CACHE_ENV) if value is None else value
     if value is None:
         return Path.home() / ".cache" / "ftcourse" / "data"
     if not value.strip():
