@@ -530,7 +530,8 @@ def next_rate(lr: float, up: bool) -> float:
     return float(f"{ladder[i + (1 if up else -1)]:.0e}")
 
 
-def _matches(row: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+def matches(row: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    """Whether a stored row (or a planned run) has every value of ``where``."""
     return all(str(row[k]) == str(v) for k, v in where.items())
 
 
@@ -544,7 +545,7 @@ def grid_for(
     one neighbour beyond an edge that the tuning seeds chose (at most
     ``MAX_GRID_EXTENSIONS`` rates), once every rate has run on every tuning seed."""
     base = set(setting.lrs)
-    lrs = base | {float(r["lr"]) for r in rows if _matches(r, where)}
+    lrs = base | {float(r["lr"]) for r in rows if matches(r, where)}
     chosen, complete = choose_lr(rows, tuning_seeds, **where)
     if set(complete) == lrs and len(lrs - base) < MAX_GRID_EXTENSIONS:
         if chosen == max(lrs):

@@ -89,7 +89,7 @@ def study_task(labels_per_class: int) -> Task:
 def setting(spec: Mapping[str, Any]) -> studies.Setting:
     """How the study trains the run ``spec`` (its group's :class:`~ftcourse.studies.Setting`)."""
     for where, s in GROUPS:
-        if all(str(spec[k]) == str(v) for k, v in where.items()):
+        if studies.matches(spec, where):
             return s
     raise KeyError(f"no arm of study {STUDY} matches {dict(spec)}")
 
@@ -110,12 +110,6 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
         device=device,
     )
     return studies.trial_result(trial, s.max_steps)
-
-
-def chosen_lr(study: studies.Study, regime: str, arm: str, labels_per_class: int) -> float:
-    """The learning rate the study chose on validation for ``arm`` at one label budget."""
-    where = {"model": TINY, "arm": arm, "labels_per_class": labels_per_class}
-    return study.arm(regime, TUNING_SEEDS, **where).lr
 
 
 def where(arm: str, labels_per_class: int, model: str = TINY) -> dict[str, Any]:
