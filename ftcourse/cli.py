@@ -291,11 +291,29 @@ def _check_model_kind(notebook: Path, model: str, profile: Any) -> None:
         check_model_kind(notebook.stem, model, default)
 
 
+def _find_notebook(name: str) -> Path:
+    """The notebook ``name`` names: a path, or a chapter's name (``04_additive``, with or
+    without ``.ipynb``) in ``./notebooks``; a ``UsageError`` naming the closest otherwise."""
+    import difflib
+
+    path = Path(name)
+    if path.is_file():
+        return path
+    folder = Path("notebooks")
+    candidate = folder / (path.name if path.suffix == ".ipynb" else f"{path.name}.ipynb")
+    if path.parent == Path(".") and candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in folder.glob("*.ipynb"))
+    close = difflib.get_close_matches(path.stem, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    where = f" (chapters here: {', '.join(known)})" if known and not close else ""
+    raise UsageError(f"no notebook at {name}{hint}{where}")
+
+
 def run(args: argparse.Namespace) -> int:
     from .profiles import PROFILES
 
-    if not Path(args.notebook).is_file():
-        raise UsageError(f"no notebook at {args.notebook}")
+    args.notebook = str(_find_notebook(args.notebook))
     if args.profile not in PROFILES:
         raise UsageError(f"unknown profile {args.profile!r}; choose one of {', '.join(PROFILES)}")
     params = _parameters(args.param)
@@ -455,7 +473,9 @@ def _main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="check versions, device, datasets and zoo models")
     p = sub.add_parser("run", help="execute a notebook with papermill")
-    p.add_argument("notebook")
+    p.add_argument(
+        "notebook", help="a notebook's path, or a chapter's name in ./notebooks (04_additive)"
+    )
     p.add_argument("--profile", default=os.environ.get("FTCOURSE_PROFILE", "cpu"))
     p.add_argument("--report-dir", default=None)
     p.add_argument("--output-dir", default="_build/executed")

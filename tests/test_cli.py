@@ -139,6 +139,8 @@ def _cli(*args, env=None):
     "args, message",
     [
         (["run", "missing.ipynb"], "no notebook at missing.ipynb"),
+        (["run", "04_addtive"], "no notebook at 04_addtive; did you mean 04_additive?"),
+        (["run", "04_additive", "--profile", "warp"], "unknown profile 'warp'"),
         (["run", "notebooks/00_quickstart.ipynb", "--profile", "warp"], "unknown profile 'warp'"),
         (["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL=nope"], ": unknown model 'nope'"),
         (["run", "notebooks/00_quickstart.ipynb", "-p", "MODEL"], "NAME=VALUE, not 'MODEL'"),

@@ -388,7 +388,15 @@ def test_notebook_runs_in_smoke_profile(path, tmp_path):
     payload = report.read(tmp_path / f"{path.stem}.json")
     assert payload["profile"] == "smoke" and payload["notebook"] == path.stem
     assert payload["metrics"], "the notebook recorded no metrics"
-    assert payload["seconds"] <= PROFILES["smoke"].budget_seconds, payload["seconds"]
+    budget, seconds = PROFILES["smoke"].budget_seconds, [payload["seconds"]]
+    if seconds[0] > budget:
+        # a wall-clock time on a shared 2-core machine is the notebook's cost plus whatever
+        # else ran: a notebook over budget is timed once more and judged by its faster run
+        # (timeit's rule), so one busy moment does not fail CI and a slow notebook still does
+        again = tmp_path / "again"
+        run_notebook(path, "smoke", report_dir=again, output_dir=again / "executed")
+        seconds.append(report.read(again / f"{path.stem}.json")["seconds"])
+    assert min(seconds) <= budget, f"{path.stem} took {seconds} s of its {budget} s smoke budget"
     for name, value in payload["metrics"].items():
         for v in value if isinstance(value, list) else [value]:
             assert not isinstance(v, float) or math.isfinite(v), name
