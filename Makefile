@@ -50,7 +50,7 @@ $(DEPS_STAMP): | $(PY)
 setup: $(DEPS_STAMP)
 	@# A reused environment may point at another checkout: make it use this one. (-I keeps the
 	@# current folder off sys.path, else the check would import ./ftcourse and always pass.)
-	@$(PY) -I -c "import ftcourse, pathlib, sys; sys.exit(pathlib.Path(ftcourse.__file__).parent != pathlib.Path('ftcourse').resolve())" \
+	@$(PY) -I -c "import ftcourse, pathlib, sys; sys.exit(pathlib.Path(ftcourse.__file__).parent != pathlib.Path('ftcourse').resolve())" 2>/dev/null \
 		|| $(PY) -m pip install -q --no-deps -e .
 	$(VENV)/bin/ftcourse data fetch
 	@$(MAKE) --no-print-directory browser
