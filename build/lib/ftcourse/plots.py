@@ -1,0 +1,256 @@
+"""The few plot types the book uses: learning curves over seeds, mean ± spread, bars.
+
+Each function draws on a matplotlib ``Axes`` (a new figure when none is given) and returns it.
+:func:`save` also writes the figure as PNG beside the notebook's report, so figures can be
+looked at outside Jupyter. :func:`use_book_style` (called by :func:`ftcourse.chapter.start`)
+sets a colour-blind-safe palette and makes every figure a notebook shows carry its alt text and
+its smallest font size in the PNG (:func:`figure_png`); the book and its browser tests read
+them. Introduced in chapter 0.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from cycler import cycler
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from .report import REPORT_DIR_ENV
+from .train import History
+
+# Okabe & Ito's colour-blind-safe palette (blue, orange, green, vermillion, reddish purple, sky
+# blue, black, yellow): told apart under the common colour-vision deficiencies.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
+#: The book's style. 11 pt text at 100 dpi is 15 px in the PNG, so a figure up to ~9 inches
+#: wide still shows its text at >= 11 px in the book's column (the browser tests check it).
+BOOK_STYLE = {
+    "axes.prop_cycle": cycler(color=PALETTE),
+    "font.size": 11,
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+}
+# PNG text keys that :func:`figure_png` writes: the alt text and the smallest font in pixels.
+ALT_KEY = "Description"
+MIN_FONT_KEY = "ftcourse:min_font_px"
+
+
+def alt_text(fig: Figure) -> str:
+    """A description of ``fig`` from its titles: the suptitle, then each panel's title.
+
+    A panel without a title is described by its axis labels. Used as the figure's alt text.
+    """
+    parts = []
+    suptitle = fig.get_suptitle() if hasattr(fig, "get_suptitle") else ""
+    if suptitle:
+        parts.append(suptitle.strip().rstrip("."))
+    panels = []
+    for ax in fig.axes:
+        title = ax.get_title() or ax.get_title("left") or ax.get_title("right")
+        if title:
+            panels.append(title.strip())
+        elif ax.get_xlabel() and ax.get_ylabel():
+            panels.append(f"{ax.get_ylabel()} against {ax.get_xlabel()}")
+        elif ax.get_xlabel() or ax.get_ylabel():
+            panels.append(ax.get_ylabel() or ax.get_xlabel())
+    if panels and len(panels) > 1:
+        parts.append("Panels: " + "; ".join(panels))
+    elif panels and not parts:
+        parts.append(panels[0])
+    text = ". ".join(parts).replace("\n", " ").replace("$", "")
+    return f"Figure: {text}." if text else "Figure without a title."
+
+
+def smallest_font_px(fig: Figure) -> float | None:
+    """The smallest visible text of ``fig`` in pixels of its PNG (at ``fig.dpi``)."""
+    fig.draw_without_rendering()
+    sizes = [
+        t.get_fontsize()
+        for t in fig.findobj(Text)
+        if t.get_visible() and t.get_text().strip() and t.get_figure() is not None
+    ]
+    return min(sizes) * fig.dpi / 72 if sizes else None
+
+
+def figure_png(fig: Figure) -> bytes:
+    """``fig`` as PNG bytes with its alt text and smallest font size in the PNG's text chunks."""
+    metadata = {ALT_KEY: alt_text(fig)}
+    smallest = smallest_font_px(fig)
+    if smallest is not None:
+        metadata[MIN_FONT_KEY] = f"{smallest:.2f}"
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight", metadata=metadata)
+    return buffer.getvalue()
+
+
+def use_book_style() -> None:
+    """Apply :data:`BOOK_STYLE`; in Jupyter, show figures through :func:`figure_png`."""
+    plt.rcParams.update(BOOK_STYLE)
+    try:
+        import matplotlib_inline.backend_inline  # noqa: F401  (sets up inline figures first)
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - outside Jupyter
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    shell.display_formatter.formatters["image/png"].for_type(Figure, figure_png)
+
+
+def _axes(ax: plt.Axes | None, title: str | None) -> plt.Axes:
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def learning_curves(
+    runs: Mapping[str, Sequence[History]],
+    metric: str = "val_acc",
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+) -> plt.Axes:
+    """Mean curve of ``metric`` per label with a min-max band over the runs (seeds)."""
+    ax = _axes(ax, title)
+    for label, histories in runs.items():
+        values = np.array([getattr(h, metric) for h in histories], dtype=float)
+        epochs = histories[0].epoch
+        mean = values.mean(axis=0)
+        (line,) = ax.plot(epochs, mean, label=f"{label} (n={len(histories)})")
+        if len(histories) > 1:
+            ax.fill_between(
+                epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2
+            )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend()
+    return ax
+
+
+def mean_spread(
+    x: Sequence[float],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    logx: bool = False,
+) -> plt.Axes:
+    """Lines of mean ± standard deviation, e.g. accuracy against labels per class."""
+    ax = _axes(ax, title)
+    for label, (mean, std) in series.items():
+        mean, std = np.asarray(mean, float), np.asarray(std, float)
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return ax
+
+
+def bars(
+    values: Mapping[str, float],
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    ylabel: str = "",
+    errors: Mapping[str, float] | None = None,
+) -> plt.Axes:
+    """One bar per label, the value printed on top."""
+    ax = _axes(ax, title)
+    labels = list(values)
+    heights = [values[k] for k in labels]
+    yerr = [errors[k] for k in labels] if errors else None
+    drawn = ax.bar(labels, heights, yerr=yerr, capsize=4, color="C0")
+    ax.bar_label(drawn, fmt="%.3f", padding=3)
+    ax.set_ylabel(ylabel)
+    return ax
+
+
+def intervals(
+    values: Mapping[str, Mapping[str, tuple[float, float, float]]],
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    xlabel: str = "test accuracy",
+) -> plt.Axes:
+    """Means with their 95 % intervals, one row per label and one colour per series:
+    ``values[label][series] = (mean, low, high)`` (e.g. series = a study's numeric regimes,
+    or "this run" and "reference study"). Used by chapter 0 and the reference studies."""
+    ax = _axes(ax, title)
+    labels = list(values)
+    series = list(dict.fromkeys(k for v in values.values() for k in v))
+    height = 0.8 / max(len(series), 1)
+    for j, name in enumerate(series):
+        for i, label in enumerate(labels):
+            if name not in values[label]:
+                continue
+            mean, low, high = values[label][name]
+            y = i + (j - (len(series) - 1) / 2) * height
+            ax.errorbar(
+                mean,
+                y,
+                xerr=[[mean - low], [high - mean]],
+                fmt="o",
+                color=f"C{j}",
+                capsize=3,
+                label=name if i == 0 or name not in values[labels[0]] else None,
+            )
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3, axis="x")
+    if len(series) > 1:
+        ax.legend(loc="best")
+    return ax
+
+
+def lr_choice(
+    rows: Sequence[Mapping[str, Any]],
+    arms: Sequence[str],
+    budgets: Sequence[int],
+    chosen: Mapping[str, Sequence[float]],
+    title: str,
+) -> plt.Figure:
+    """The evidence for stored learning rates: mean validation accuracy against the rate, one
+    panel per label budget, one line per arm, the chosen rate circled. ``rows`` are
+    ``benchmarks/select_lr.py``'s CSV rows; ``chosen[arm]`` is aligned with ``budgets``.
+    Used by chapter 8."""
+    fig, axes = plt.subplots(1, len(budgets), figsize=(9, 3.4), sharey=True, squeeze=False)
+    for ax, labels in zip(axes[0], budgets, strict=True):
+        for i, arm in enumerate(arms):
+            sel = [r for r in rows if r["arm"] == arm and int(r["labels_per_class"]) == labels]
+            lrs = sorted({float(r["lr"]) for r in sel})
+            means = [
+                np.mean([float(r["val_acc"]) for r in sel if float(r["lr"]) == lr]) for lr in lrs
+            ]
+            ax.plot(lrs, means, "o-", color=f"C{i}", label=arm)
+            lr = chosen[arm][list(budgets).index(labels)]
+            ax.plot([lr], [means[lrs.index(lr)]], "o", ms=13, mfc="none", color=f"C{i}")
+        ax.set_xscale("log")
+        ax.set_title(f"{labels} labels per class")
+        ax.set_xlabel("learning rate")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy\n(mean over seeds)")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(arms))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+def save(fig: plt.Figure, name: str) -> Path | None:
+    """Save ``fig`` as ``$FTCOURSE_REPORT_DIR/figures/<name>.png`` when that variable is set."""
+    folder = os.environ.get(REPORT_DIR_ENV)
+    if not folder:
+        return None
+    path = Path(folder) / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(figure_png(fig))
+    return path
