@@ -177,7 +177,7 @@ def doctor(_: argparse.Namespace) -> int:
     return 0 if problems == 0 else 1
 
 
-def _local_kernel(folder: str) -> dict[str, Any]:
+def local_kernel(folder: str) -> dict[str, Any]:
     """Talk to the notebook's kernel over files in ``folder`` (IPC), not local TCP ports: no
     "Kernel is running over TCP without encryption" warning on every run, and no port that
     another user of the machine could connect to. Windows has no IPC transport: TCP there."""
@@ -232,7 +232,7 @@ def run_notebook(
                 kernel_name="python3",
                 cwd=str(notebook.parent),
                 progress_bar=sys.stderr.isatty(),
-                **_local_kernel(sockets),
+                **local_kernel(sockets),
             )
     finally:
         for key, value in saved.items():

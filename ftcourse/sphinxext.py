@@ -13,6 +13,9 @@
   modules their code imports, linked to the API reference (``book/api``).
 * Launch buttons: the Colab and Binder buttons exist only when ``repository.url`` is set in
   ``_config.yml`` (the one setting); the download button always.
+* The notebooks' kernels talk over IPC files, as in ``ftcourse run``
+  (:func:`ftcourse.cli.local_kernel`): no "Kernel is running over TCP without encryption"
+  warning per notebook, no local port open to other users.
 """
 
 from __future__ import annotations
@@ -81,6 +84,30 @@ def _configure(app: Any, config: Any) -> None:
     config.mathjax_path = "mathjax/tex-chtml.js"
     config.html_theme_options = launch_options(config.html_theme_options or {})
     config.html_context = {"default_mode": "auto", **(config.html_context or {})}
+
+
+def kernels_over_ipc() -> bool:
+    """Make myst-nb's executions (through jupyter-cache's ``executenb``) start each kernel with
+    :func:`ftcourse.cli.local_kernel`; ``False`` where there is no such hook (nothing changed)."""
+    import tempfile
+
+    try:
+        from jupyter_cache.executors import utils
+    except ImportError:  # pragma: no cover - the book extra is not installed
+        return False
+    original = getattr(utils, "executenb", None)
+    if original is None or getattr(original, "ftcourse_ipc", False):
+        return original is not None
+
+    from .cli import local_kernel
+
+    def executenb(nb: Any, cwd: str | None = None, km: Any = None, **kwargs: Any) -> Any:
+        with tempfile.TemporaryDirectory(prefix="ftcourse-kernel-") as folder:
+            return original(nb, cwd=cwd, km=km, **{**local_kernel(folder), **kwargs})
+
+    executenb.ftcourse_ipc = True  # type: ignore[attr-defined]
+    utils.executenb = executenb
+    return True
 
 
 def _png_alt(path: Path) -> str | None:
@@ -290,6 +317,7 @@ def _page_context(app: Any, pagename: str, templatename: str, context: dict, doc
 
 
 def setup(app: Any) -> dict:
+    kernels_over_ipc()
     app.connect("config-inited", _configure)
     app.connect("doctree-resolved", _alt_text)
     app.connect("doctree-resolved", _helpers_line)

@@ -102,3 +102,24 @@ def test_book_palette_is_the_colour_blind_safe_one():
     plots.use_book_style()
     cycle = [c["color"] for c in plt.rcParams["axes.prop_cycle"]]
     assert cycle[:3] == ["#0072B2", "#E69F00", "#009E73"]
+
+
+def test_the_book_runs_its_kernels_over_ipc_without_the_tcp_warning(capfd, monkeypatch):
+    import os
+
+    import nbformat
+    from jupyter_cache.executors import utils
+
+    monkeypatch.setattr(utils, "executenb", utils.executenb)  # undone after the test
+    assert sphinxext.kernels_over_ipc() and sphinxext.kernels_over_ipc()  # twice: wrapped once
+    assert utils.executenb.ftcourse_ipc
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    result = utils.single_nb_execution(nb, cwd=None, timeout=60, allow_errors=False)
+    assert result.err is None and nb.cells[0].outputs[0]["text"].strip() == "42"
+    if os.name == "posix":
+        assert "without encryption" not in capfd.readouterr().err
