@@ -194,37 +194,30 @@ def peft_rows(
     import inspect
 
     from ftcourse import lm, models
-    from ftcourse.data import text
+    from ftcourse.chapters.additive import text_task
 
     cfg = get_profile(profile).section(section)
     base = models.load(cfg["model"])
     tok, model = base.tokenizer, base.model
     arms = arms_of(cfg, model) if len(inspect.signature(arms_of).parameters) == 2 else arms_of(cfg)
-    tasks = {}
-    for task, load in (("gloss", text.gloss_task), ("author", text.author_task)):
-        (train, classes), (val, _) = load("train"), load("validation")
-        tasks[task] = (
-            len(classes),
-            lm.classification_dataset(tok, train, cfg["max_length"]),
-            lm.classification_dataset(tok, val, cfg["max_length"]),
-        )
     labels = {"gloss": cfg["labels_per_class"], "author": cfg["author_per_class"]}
+    tasks = {  # the notebooks' tasks (validation only is used here)
+        task: text_task(task, tok, labels[task], cfg["val_per_class"], 1, cfg["max_length"])
+        for task in labels
+    }
     budget = experiments.Budget.from_profile(cfg)
     alpha = cfg.get("lora_alpha")
     rows = []
     for arm, task, method, size in arms:
         start = time.perf_counter()
-        num_classes, pool, val_pool = tasks[task]
+        num_classes = len(tasks[task].classes)
         rows += experiments.grid_search(
             {
                 arm: lambda train, m=method, s=size, c=num_classes: lm.peft_classifier(
                     model, c, tok.pad_token_id, m, s, alpha
                 )
             },
-            lambda seed, pool=pool, val_pool=val_pool, n=labels[task]: (
-                data.few_label_split(pool, n, 0, seed=seed)[0],
-                data.few_label_split(val_pool, cfg["val_per_class"], 0, seed=seed)[0],
-            ),
+            tasks[task].splits,
             seeds=cfg["seeds"],
             lrs=cfg["lrs"][grid_of.get(method, method)],
             budget=budget,

@@ -434,7 +434,8 @@ def study(args: argparse.Namespace) -> int:
             "this CPU has no native bf16, so its native regime is fp32: use --regime fp32 "
             "(and --regime avx2 for a second set of kernels)"
         )
-    return studies.launch(args.chapter, regime, args.max_runs)
+    arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
+    return studies.launch(args.chapter, regime, args.max_runs, arms)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -505,6 +506,11 @@ def _main(argv: list[str] | None = None) -> int:
         "default elsewhere) or avx2 (an AVX2-only CPU imitated)",
     )
     st.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    st.add_argument(
+        "--arms",
+        default=None,
+        help="only these arms, comma-separated (two processes can share a study this way)",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "pretrain":
         from .pretrain import main as pretrain_main

@@ -755,18 +755,6 @@ def pooled_features(classifier: Classifier, ids: Tensor, batch_size: int = 256) 
     return torch.cat(out)
 
 
-CLASSIFIER_METHODS = (
-    "full",
-    "head",
-    "adapter",
-    "prompt",
-    "int8-adapter",
-    "lora",
-    "lora-all",
-    "qlora",
-)
-
-
 def peft_classifier(
     lm_model: nn.Module,
     num_classes: int,
@@ -777,43 +765,25 @@ def peft_classifier(
 ) -> Classifier:
     """A :class:`Classifier` on a copy of ``lm_model``, trained the way ``method`` says.
 
-    ``"full"``: every weight; ``"head"``: the new head only (the body frozen);
-    ``"adapter"``: bottleneck adapters of width ``size`` after every attention and MLP sublayer,
-    and the head (Houlsby et al. also train the layer norms; here every pretrained weight stays
-    frozen, so removing the adapters gives the pretrained model back); ``"prompt"``: a soft
-    prompt of ``size`` vectors and the head; ``"int8-adapter"``: as ``"adapter"`` on a body
-    stored in int8; ``"lora"``: LoRA of rank ``size`` (scale ``alpha / size``) on the attention's
-    query and value projections, and the head; ``"lora-all"``: LoRA on every linear layer of the
-    blocks; ``"qlora"``: ``"lora"`` on a body whose linear layers are stored in NF4 with double
-    quantization. The arms of chapters 4 and 5, in one place for the notebooks and
-    ``benchmarks/select_lr.py``.
+    The methods are the entries of :mod:`ftcourse.methods.registry` (``registry.names()``):
+    ``"full"``: every weight; ``"head"``: the new head only (the body frozen); ``"adapter"``:
+    bottleneck adapters of width ``size`` after every attention and MLP sublayer, and the head
+    (every pretrained weight frozen, so removing the adapters gives the pretrained model back);
+    ``"prompt"``: a soft prompt of ``size`` vectors and the head; ``"int8-adapter"``: as
+    ``"adapter"`` on a body stored in int8; ``"lora"``: LoRA of rank ``size`` (scale
+    ``alpha / size``) on the attention's query and value projections, and the head;
+    ``"lora-all"``: LoRA on every linear layer of the blocks; ``"qlora"``: ``"lora"`` on a body
+    whose linear layers are stored in NF4 with double quantization. The arms of chapters 4
+    and 5, for the notebooks, their reference studies and ``benchmarks/select_lr.py``.
     """
     import copy
 
-    from .methods import adapters, freeze, lora, prompt, quant
+    from .methods import registry
 
-    if method not in CLASSIFIER_METHODS:
-        raise ValueError(f"method must be one of {CLASSIFIER_METHODS}, not {method!r}")
-    if method not in ("full", "head") and not size:
-        raise ValueError(f"method {method!r} needs a size (bottleneck, prompt length or rank)")
+    if method not in registry.METHODS:
+        raise ValueError(f"method must be one of {registry.names()}, not {method!r}")
     clf = Classifier(copy.deepcopy(lm_model), num_classes, pad_id)
-    if method == "head":
-        freeze(clf.body)
-    elif method == "prompt":
-        freeze(clf.body)
-        clf.body = prompt.PromptTuned(clf.body, size)
-    elif method in ("adapter", "int8-adapter"):
-        if method == "int8-adapter":
-            quant.quantize_model_int8(clf.body)
-        adapters.add_adapters(clf.body, size)
-        adapters.train_adapters(clf, extra=[clf.head], norms=False)
-    elif method in ("lora", "lora-all", "qlora"):
-        if method == "qlora":
-            quant.quantize_model_nf4(clf.body, double=True)
-        targets = lora.ALL_LINEAR if method == "lora-all" else lora.ATTENTION
-        lora.add_lora(clf.body, size, alpha, targets)
-        lora.train_lora(clf, extra=[clf.head])
-    return clf
+    return registry.apply(clf, method, size, alpha)
 
 
 def peft_arms(cfg: dict) -> list[tuple[str, str, str, int | None]]:

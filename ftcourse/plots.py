@@ -215,33 +215,103 @@ def intervals(
 def lr_choice(
     rows: Sequence[Mapping[str, Any]],
     arms: Sequence[str],
-    budgets: Sequence[int],
-    chosen: Mapping[str, Sequence[float]],
+    budgets: Sequence[Any],
+    chosen: Mapping[str, Sequence[float | None]],
     title: str,
+    key: str = "labels_per_class",
+    panel_title: str = "{} labels per class",
 ) -> plt.Figure:
     """The evidence for stored learning rates: mean validation accuracy against the rate, one
-    panel per label budget, one line per arm, the chosen rate circled. ``rows`` are
-    ``benchmarks/select_lr.py``'s CSV rows; ``chosen[arm]`` is aligned with ``budgets``.
-    Used by chapter 8."""
+    panel per value of ``key`` in ``budgets`` (label budgets by default; chapters 4 and 5:
+    tasks), one line per arm, the chosen rate circled. ``rows`` are
+    ``benchmarks/select_lr.py``'s CSV rows; ``chosen[arm]`` is aligned with ``budgets`` (an
+    arm with no rows in a panel is left out of it). Used by chapters 4, 5 and 8."""
     fig, axes = plt.subplots(1, len(budgets), figsize=(9, 3.4), sharey=True, squeeze=False)
-    for ax, labels in zip(axes[0], budgets, strict=True):
+    for ax, panel in zip(axes[0], budgets, strict=True):
         for i, arm in enumerate(arms):
-            sel = [r for r in rows if r["arm"] == arm and int(r["labels_per_class"]) == labels]
+            sel = [r for r in rows if r["arm"] == arm and str(r[key]) == str(panel)]
+            if not sel:
+                continue
             lrs = sorted({float(r["lr"]) for r in sel})
             means = [
                 np.mean([float(r["val_acc"]) for r in sel if float(r["lr"]) == lr]) for lr in lrs
             ]
-            ax.plot(lrs, means, "o-", color=f"C{i}", label=arm)
-            lr = chosen[arm][list(budgets).index(labels)]
-            ax.plot([lr], [means[lrs.index(lr)]], "o", ms=13, mfc="none", color=f"C{i}")
+            ax.plot(lrs, means, "o-", color=f"C{i % 10}", label=arm)
+            lr = chosen[arm][list(budgets).index(panel)]
+            if lr is not None:
+                ax.plot([lr], [means[lrs.index(lr)]], "o", ms=13, mfc="none", color=f"C{i % 10}")
         ax.set_xscale("log")
-        ax.set_title(f"{labels} labels per class")
+        ax.set_title(panel_title.format(panel))
         ax.set_xlabel("learning rate")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation accuracy\n(mean over seeds)")
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(arms))
+    ncol = min(len(arms), 5)
+    rows_of_legend = -(-len(arms) // ncol)
+    fig.legend(*_legend_entries(axes[0]), loc="lower center", ncol=ncol, fontsize=9)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.07 + 0.05 * rows_of_legend, 1, 1))
+    return fig
+
+
+def _legend_entries(axes: Sequence[plt.Axes]) -> tuple[list, list]:
+    """Each label once, across panels."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=False):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    return handles, labels
+
+
+def study_vs_live(
+    study: Any,
+    regime: str,
+    tuning_seeds: Sequence[int],
+    families: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    lines: Mapping[str, Mapping[str, Any]],
+    total: int,
+    live: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    title: str = "",
+) -> plt.Figure:
+    """Test accuracy against the trainable fraction: a stored study's arms with their 95 %
+    intervals, one curve per family of sizes (``families[family][size label] = selection``),
+    the arms of ``lines`` (full fine-tuning, the head alone) as a level with its interval,
+    and this run's means as open squares (``live[family] = [(fraction, accuracy), ...]``).
+    ``total`` is the parameter count the fractions divide by (the stored ``trainable``
+    column). Used by chapters 4 and 5."""
+    from . import studies
+
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for i, (family, arms) in enumerate(families.items()):
+        xs, ms, lows, highs = [], [], [], []
+        for label, where in arms.items():
+            arm = study.arm(regime, tuning_seeds, **where)
+            mean, low, high = studies.accuracy_interval(arm.correct)
+            xs.append(float(np.median(arm.values("trainable"))) / total)
+            ms.append(mean)
+            lows.append(mean - low)
+            highs.append(high - mean)
+            ax.annotate(label, (xs[-1], mean), textcoords="offset points", xytext=(5, 5),
+                        color=f"C{i}")  # fmt: skip
+        ax.errorbar(xs, ms, yerr=[lows, highs], fmt="o-", color=f"C{i}", capsize=3,
+                    label=f"{family}, study")  # fmt: skip
+        if live and family in live:
+            lx, ly = zip(*live[family], strict=True)
+            ax.plot(lx, ly, "s:", mfc="none", color=f"C{i}", label=f"{family}, this run")
+    for j, (name, where) in enumerate(lines.items()):
+        arm = study.arm(regime, tuning_seeds, **where)
+        mean, low, high = studies.accuracy_interval(arm.correct)
+        colour = f"C{len(families) + j + 1}"
+        ax.axhspan(low, high, color=colour, alpha=0.15)
+        fraction = float(np.median(arm.values("trainable"))) / total
+        ax.axhline(mean, color=colour, ls="--", label=f"{name} ({fraction:.1%} trained), study")
+    ax.set_xscale("log")
+    ax.set(xlabel="trainable fraction of the classifier's parameters", ylabel="test accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="best")
+    fig.tight_layout()
     return fig
 
 

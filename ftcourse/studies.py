@@ -25,9 +25,11 @@ Run a study with ``ftcourse study 00 --regime native`` (and ``--regime fp32``) o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
+import fcntl
 import json
 import os
 import platform
@@ -35,7 +37,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -206,7 +208,7 @@ class Difference:
         sets. Never "no effect": a difference that the interval cannot tell from zero is
         stated as the range it lies in."""
         size = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}" + (
-            f" × {self.items} test images" if self.items else ""
+            f" × {self.items} test items" if self.items else ""
         )
         if self.direction == "a":
             return f"{self.a} {self.ahead} {self.b} by {self.span()}, over {size}"
@@ -250,7 +252,7 @@ def agreement(live: Difference, study: Difference) -> str:
     return (
         f"This run's {live.mean:+.3f} (interval {live.low:+.3f} to {live.high:+.3f}) does not "
         f"contain the reference study's {study.mean:+.3f}: a glimpse of a few seeds can land "
-        "far from the mean; the study, with more seeds and test images, is the one to trust."
+        "far from the mean; the study, with more seeds and test items, is the one to trust."
     )
 
 
@@ -318,8 +320,25 @@ def key_of(row: Mapping[str, Any], keys: Iterable[str]) -> tuple:
     return tuple(str(_parse(str(row[k]))) for k in keys)
 
 
-def _append(path: Path, row: Mapping[str, Any]) -> None:
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s folder while rows or provenance are written, so
+    that two processes sharing a study (``--arms``) never interleave their writes."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with (path.parent / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _append(path: Path, row: Mapping[str, Any]) -> None:
+    with _locked(path):
+        _append_unlocked(path, row)
+
+
+def _append_unlocked(path: Path, row: Mapping[str, Any]) -> None:
     new = not path.exists()
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
@@ -385,6 +404,11 @@ def machine() -> dict[str, Any]:
 
 def _save_provenance(study: str, entry: dict[str, Any]) -> None:
     path = study_dir(study) / "provenance.json"
+    with _locked(path):
+        _save_provenance_unlocked(path, entry)
+
+
+def _save_provenance_unlocked(path: Path, entry: dict[str, Any]) -> None:
     records = json.loads(path.read_text()) if path.exists() else []
     records = [r for r in records if r.get("id") != entry["id"]] + [entry]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -423,12 +447,15 @@ def run(
     device: Any = "cpu",
     max_runs: int | None = None,
     progress: Callable[[str], None] = print,
+    arms: Sequence[str] | None = None,
 ) -> int:
     """Run the study of ``module`` in ``regime`` until its plan is empty; returns runs done.
 
     Every finished run is appended to ``<regime>.csv`` at once and the provenance record is
     rewritten, so an interrupted study loses at most the run in progress and a rerun goes on
-    where it stopped. ``max_runs`` stops early (for tests and for sharing a session).
+    where it stopped. ``max_runs`` stops early (for tests and for sharing a session);
+    ``arms`` keeps only the runs of those arms, so that two processes can share a study
+    (writes are locked).
     """
     check_regime(regime)
     here = machine()
@@ -445,7 +472,10 @@ def run(
         "regime": regime,
         **here,
         "commit": _commit(),
-        "command": " ".join(["ftcourse study", module.STUDY, "--regime", regime]),
+        "command": " ".join(
+            ["ftcourse study", module.STUDY, "--regime", regime]
+            + (["--arms", ",".join(arms)] if arms else [])
+        ),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "runs": 0,
         "wall_seconds": 0.0,
@@ -454,7 +484,11 @@ def run(
     while max_runs is None or done < max_runs:
         rows = read_rows(path)
         stored = {key_of(r, module.KEYS) for r in rows}
-        todo = [s for s in module.plan(rows) if key_of(s, module.KEYS) not in stored]
+        todo = [
+            s
+            for s in module.plan(rows)
+            if key_of(s, module.KEYS) not in stored and (arms is None or s.get("arm") in arms)
+        ]
         if not todo:
             break
         spec = todo[0]
@@ -954,9 +988,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("chapter")
     parser.add_argument("--regime", default="native", choices=list(REGIMES))
     parser.add_argument("--max-runs", type=int, default=None)
+    parser.add_argument("--arms", default=None, help="comma-separated arms (default: all)")
     args = parser.parse_args(argv)
     module = module_for(args.chapter)
-    done = run(module, args.regime, max_runs=args.max_runs)
+    arms = args.arms.split(",") if args.arms else None
+    done = run(module, args.regime, max_runs=args.max_runs, arms=arms)
     print(
         f"study {module.STUDY} ({args.regime}): {done} new runs; "
         f"rows in {rows_path(module.STUDY, args.regime)}"
@@ -964,7 +1000,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def launch(chapter: str, regime: str, max_runs: int | None = None) -> int:
+def launch(
+    chapter: str, regime: str, max_runs: int | None = None, arms: Sequence[str] | None = None
+) -> int:
     """Run :func:`main` in a fresh Python whose environment holds ``regime`` (torch reads
     its kernel level when it is imported, so a regime cannot be switched inside one process)."""
     if regime not in REGIMES:
@@ -976,6 +1014,8 @@ def launch(chapter: str, regime: str, max_runs: int | None = None) -> int:
     cmd = [sys.executable, "-m", "ftcourse.studies", chapter, "--regime", regime]
     if max_runs is not None:
         cmd += ["--max-runs", str(max_runs)]
+    if arms:
+        cmd += ["--arms", ",".join(arms)]
     return subprocess.call(cmd, env=env)
 
 

@@ -214,3 +214,46 @@ def test_peft_classifier_adapters_freeze_every_pretrained_weight(tiny):
         lm.peft_classifier(base, 3, tok.pad_token_id, "adapter")
     with pytest.raises(ValueError, match="method must be"):
         lm.peft_classifier(base, 3, tok.pad_token_id, "ia3", 4)
+
+
+def test_every_method_comes_from_one_registry_and_a_new_one_is_one_entry(tiny):
+    from ftcourse.methods import registry
+
+    base, tok = tiny
+    assert registry.names()[:2] == ("full", "head")
+    assert {m.size for m in registry.METHODS.values()} == {
+        None,
+        "bottleneck",
+        "prompt length",
+        "rank",
+    }
+
+    @registry.register("norms", None, 3, "the layer norms and the head")
+    def _norms(clf, size, alpha):
+        for name, p in clf.body.named_parameters():
+            p.requires_grad_("norm" in name)
+
+    try:
+        clf = lm.peft_classifier(base, 3, tok.pad_token_id, "norms")
+        names = {n for n, p in clf.named_parameters() if p.requires_grad}
+        assert names and all("norm" in n or n.startswith("head.") for n in names)
+        with pytest.raises(ValueError, match="registered already"):
+            registry.register("norms", None, 3, "again")(_norms)
+    finally:
+        del registry.METHODS["norms"]
+
+
+def test_study_arms_name_a_method_and_a_size():
+    from ftcourse.chapters import additive, lora
+    from ftcourse.methods import registry
+
+    assert additive.parse_arm("adapter 8") == ("adapter", 8)
+    assert additive.parse_arm("full") == ("full", None)
+    for module in (additive, lora):
+        for arm in module.ARMS:
+            method, size = additive.parse_arm(arm)
+            assert method in registry.METHODS
+            assert (size is None) == (registry.METHODS[method].size is None), arm
+        plan = module.plan([])  # the first stage: every grid on the tuning seeds
+        assert {p["arm"] for p in plan} == set(module.ARMS)
+        assert {p["seed"] for p in plan} == set(module.TUNING_SEEDS)

@@ -148,6 +148,22 @@ def test_a_study_resumes_where_it_stopped_and_records_provenance(fake_study):
     assert arm.seeds == list(quickstart.SETTINGS[("tiny-cnn", "scratch")].seeds)
 
 
+def test_two_processes_can_share_a_study_by_arms(fake_study):
+    """``--arms`` splits one study between processes: each runs only its arms, both append
+    to the same CSV (under a lock), and together they complete the plan."""
+    module, folder = fake_study
+    first = studies.run(module, "native", progress=lambda s: None, arms=["scratch"])
+    rows = studies.read_rows(folder / "00" / "native.csv")
+    assert first == len(rows) > 0 and {r["arm"] for r in rows} == {"scratch"}
+    studies.run(module, "native", progress=lambda s: None)  # the rest
+    rows = studies.read_rows(folder / "00" / "native.csv")
+    assert not [s for s in quickstart.plan(rows) if studies.key_of(s, quickstart.KEYS)
+                not in {studies.key_of(r, quickstart.KEYS) for r in rows}]  # fmt: skip
+    prov = json.loads((folder / "00" / "provenance.json").read_text())
+    assert prov[0]["command"].endswith("--arms scratch") and "--arms" not in prov[1]["command"]
+    assert (folder / "00" / ".lock").exists()
+
+
 def test_the_plan_extends_a_grid_until_its_choice_is_interior(fake_study):
     module, folder = fake_study
     # validation keeps rising with the rate: the plan must add rates above the grid
@@ -319,6 +335,8 @@ NOTEBOOKS = {
     "01": ROOT / "notebooks" / "01_pretraining_vs_finetuning.ipynb",
     "02": ROOT / "notebooks" / "02_full_finetuning.ipynb",
     "03": ROOT / "notebooks" / "03_partial_finetuning.ipynb",
+    "04": ROOT / "notebooks" / "04_additive.ipynb",
+    "05": ROOT / "notebooks" / "05_lora.ipynb",
 }
 # Verdicts typed into a notebook instead of generated from its numbers.
 TYPED_VERDICTS = re.compile(

@@ -11,7 +11,14 @@ import importlib
 from types import ModuleType
 
 # study name (the notebook's number) -> module
-STUDIES = {"00": "quickstart", "01": "pretraining", "02": "full", "03": "partial"}
+STUDIES = {
+    "00": "quickstart",
+    "01": "pretraining",
+    "02": "full",
+    "03": "partial",
+    "04": "additive",
+    "05": "lora",
+}
 
 
 def module_for(chapter: str) -> ModuleType:

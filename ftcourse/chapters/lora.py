@@ -1,0 +1,70 @@
+"""Chapter 5 (LoRA and QLoRA): how does LoRA's rank, its placement and a 4-bit body change
+what it reaches against full fine-tuning?
+
+Chapter 4's gloss task and budget (:mod:`ftcourse.chapters.additive`), through the same
+functions: full fine-tuning, LoRA on the query and value projections at three ranks, LoRA on
+every linear layer at a rank with about as many parameters as the largest query + value rank
+(the LoRA paper's comparison at equal trainable parameters), and QLoRA (the same LoRA on a body
+stored in NF4 with double quantization). Every arm's learning rate is chosen on validation over
+three seeds. Run it with ``ftcourse study 05``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .. import studies
+from .additive import BATCH_SIZE, EVAL_EVERY, MAX_STEPS, SEEDS, TUNING_SEEDS, run_trial
+
+STUDY = "05"
+KEYS = ("arm", "seed", "lr")
+EXTRA_COLUMNS = ("trainable",)
+MODEL = "tiny-lm"
+RANKS = (1, 4, 16)
+PLACEMENT = ("lora-all 3", "lora 16")  # 7,392 and 8,192 LoRA parameters per block of tiny-lm
+QLORA_RANK = 4
+ALPHA = 8.0  # scale alpha / r, as chapter 5's profile
+REQUIRED_REGIMES = ("fp32",)  # an AVX2-only AMD EPYC: fp32 and AVX2 are one regime there
+
+ARMS = ("full", *(f"lora {r}" for r in RANKS), PLACEMENT[0], f"qlora {QLORA_RANK}")
+GRIDS = {
+    "full": (1e-3, 3e-3, 1e-2),
+    "lora": (3e-3, 1e-2, 3e-2),
+    "lora-all": (3e-3, 1e-2, 3e-2),
+    "qlora": (3e-3, 1e-2, 3e-2),
+}
+
+
+def setting(arm: str) -> studies.Setting:
+    """Full fine-tuning has chapter 4's full budget, the LoRA arms its frozen one."""
+    method = arm.partition(" ")[0]
+    steps = MAX_STEPS["full" if method == "full" else "frozen"]
+    return studies.Setting(GRIDS[method], steps, EVAL_EVERY, BATCH_SIZE, SEEDS)
+
+
+GROUPS = [({"arm": a}, setting(a)) for a in ARMS]
+
+
+def plan(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each arm's grid on the tuning seeds (extended until the choice is interior), then
+    every seed at the chosen rate."""
+    return studies.plan_tuned(rows, GROUPS, TUNING_SEEDS)
+
+
+def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
+    """Train and test one run: one arm, one seed, one learning rate."""
+    s = setting(spec["arm"])
+    trial = run_trial(spec["arm"], int(spec["seed"]), float(spec["lr"]), s, device, ALPHA)
+    return {**studies.trial_result(trial, s.max_steps), "trainable": int(trial.trainable)}
+
+
+STUDY_ARMS = {
+    "full fine-tuning": {"arm": "full"},
+    **{f"LoRA on query + value, rank {r}": {"arm": f"lora {r}"} for r in RANKS},
+    "LoRA on every linear layer, rank 3": {"arm": PLACEMENT[0]},
+    f"QLoRA, rank {QLORA_RANK}": {"arm": f"qlora {QLORA_RANK}"},
+}
+
+CLAIMS: list[studies.Claim] = []
+CLAIMS_BY_ID = {c.id: c for c in CLAIMS}
