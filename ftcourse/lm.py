@@ -25,6 +25,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -786,22 +787,31 @@ def peft_classifier(
     return registry.apply(clf, method, size, alpha)
 
 
-def peft_arms(cfg: dict) -> list[tuple[str, str, str, int | None]]:
-    """Chapter 4's arms as ``(arm, task, method, size)`` from its profile section: full
-    fine-tuning, head only, an adapter per bottleneck size, a soft prompt per length, the int8
-    adapter, and the author task's prompt (``swap_length``, for swapping). Shared by the
-    notebook and ``benchmarks/select_lr.py``; ``method`` and ``size`` go to
-    :func:`peft_classifier`."""
+class PeftArm(NamedTuple):
+    """One arm of chapters 4 and 5: its display ``name`` ("adapter 8"), its ``task`` ("gloss"
+    or "author"), and the ``method`` and ``size`` that :func:`peft_classifier` takes."""
+
+    name: str
+    task: str
+    method: str
+    size: int | None
+
+
+def peft_arms(cfg: dict) -> list[PeftArm]:
+    """Chapter 4's arms (:class:`PeftArm`) from its profile section: full fine-tuning, head
+    only, an adapter per bottleneck size, a soft prompt per length, the int8 adapter, and the
+    author task's prompt (``swap_length``, for swapping). Shared by the notebook and
+    ``benchmarks/select_lr.py``; ``method`` and ``size`` go to :func:`peft_classifier`."""
     arms = [("full", "gloss", "full", None), ("head", "gloss", "head", None)]
     arms += [(f"adapter {b}", "gloss", "adapter", b) for b in cfg["adapter_sizes"]]
     arms += [(f"prompt {n}", "gloss", "prompt", n) for n in cfg["prompt_lengths"]]
     arms += [(f"int8 adapter {cfg['int8_size']}", "gloss", "int8-adapter", cfg["int8_size"])]
     arms += [(f"prompt {cfg['swap_length']}", "author", "prompt", cfg["swap_length"])]
-    return arms
+    return [PeftArm(*a) for a in arms]
 
 
-def lora_arms(cfg: dict, model: nn.Module) -> list[tuple[str, str, str, int | None]]:
-    """Chapter 5's arms as ``(arm, task, method, rank)`` from its profile section: full
+def lora_arms(cfg: dict, model: nn.Module) -> list[PeftArm]:
+    """Chapter 5's arms (:class:`PeftArm`, its size the rank) from its profile section: full
     fine-tuning, LoRA on the query and value projections at every rank of ``ranks``, the
     placement pair (LoRA on every linear layer at ``placement_rank``, and on query and value at
     the rank of ``ranks`` with the nearest number of parameters; see :func:`placement_ranks`),
@@ -816,7 +826,7 @@ def lora_arms(cfg: dict, model: nn.Module) -> list[tuple[str, str, str, int | No
     arms += [(f"lora-all {all_rank}", "gloss", "lora-all", all_rank)]
     arms += [(f"qlora {cfg['qlora_rank']}", "gloss", "qlora", cfg["qlora_rank"])]
     arms += [(f"lora {cfg['swap_rank']}", "author", "lora", cfg["swap_rank"])]
-    return arms
+    return [PeftArm(*a) for a in arms]
 
 
 def placement_ranks(
