@@ -2,6 +2,7 @@ import dataclasses
 import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,40 @@ def test_missing_dataset_names_the_fixing_command_without_network(fake_dataset):
     with pytest.raises(data.DataNotFoundError, match="downloads are switched off"):
         data.fetch("fake")  # FTCOURSE_OFFLINE=1 in the tests: the URL source is refused
     assert time.perf_counter() - start < 5
+
+
+def test_a_read_only_data_folder_without_the_dataset_is_one_clear_error(
+    fake_dataset, monkeypatch, capsys
+):
+    """A shared, read-only FTCOURSE_DATA that lacks a dataset: locate, fetch and doctor say
+    so in a line (no traceback about the staging folder), and nothing is written."""
+    import errno
+
+    from ftcourse import cli
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(data.registry.tempfile, "TemporaryDirectory", read_only)
+    with pytest.raises(data.DataNotFoundError, match="cannot be written.*Read-only"):
+        data.locate("fake")
+    with pytest.raises(data.DataNotFoundError, match="cannot be written"):
+        data.fetch("fake")
+    capsys.readouterr()
+    assert cli.main(["data", "fetch", "fake"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cannot be written" in err
+
+
+def test_offline_refuses_apt_get_download(monkeypatch):
+    """FTCOURSE_OFFLINE=1 switches off every download, apt-get's too."""
+    monkeypatch.setenv("FTCOURSE_OFFLINE", "1")
+    monkeypatch.setattr(data.sources.shutil, "which", lambda name: f"/usr/bin/{name}")
+    ran = []
+    monkeypatch.setattr(data.sources, "_run", lambda *a, **k: ran.append(a))
+    with pytest.raises(ConnectionError, match="switched off"):
+        data.sources.DebianPackage("fake", "x").provide(["a"], Path("/nonexistent"))
+    assert not ran
 
 
 def test_installed_copy_with_wrong_content_is_rejected(fake_dataset):

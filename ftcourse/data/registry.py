@@ -295,11 +295,19 @@ def _try_sources(info: DatasetInfo, local_only: bool) -> tuple[Path | None, list
     for source in info.sources:
         if local_only and not source.local:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(target.parent)
-        with tempfile.TemporaryDirectory(
-            prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=target.parent
-        ) as tmp:
+        try:  # a read-only (shared) data folder that lacks the dataset: say so, in one line
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_staging(target.parent)
+            staging = tempfile.TemporaryDirectory(
+                prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=target.parent
+            )
+        except OSError as err:
+            tried.append(
+                f"the data folder {target.parent} cannot be written ({err.strerror}): point "
+                "FTCOURSE_DATA at a writable folder, or have the folder's owner fetch it"
+            )
+            return None, tried
+        with staging as tmp:
             raw, staged = Path(tmp) / "raw", Path(tmp) / "staged"
             raw.mkdir()
             staged.mkdir()

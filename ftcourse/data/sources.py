@@ -76,6 +76,8 @@ class DebianPackage:
         return f"Debian package {self.package!r} (apt-get download + dpkg-deb -x, no root)"
 
     def provide(self, files: Iterable[str], dest: Path) -> None:
+        if os.environ.get(OFFLINE_ENV) == "1":  # apt-get download goes to the network too
+            raise ConnectionError(f"{OFFLINE_ENV}=1: downloads are switched off")
         if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
             raise FileNotFoundError("apt-get/dpkg-deb not available (not a Debian system)")
         with tempfile.TemporaryDirectory() as tmp:
