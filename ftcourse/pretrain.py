@@ -1,9 +1,10 @@
 """Recipes that make the zoo's pretrained models: ``python -m ftcourse.pretrain {cnn,lm}``.
 
 Both are deterministic for a given seed and thread count, write safetensors weights plus a
-``card.json`` (recipe, data, seed, metrics, sha256 of every file) into ``ftcourse/zoo/<name>``
-and take minutes on two CPU cores. Chapter 1 teaches what pretraining is and re-runs a short
-version of the LM recipe in front of the reader.
+``card.json`` (recipe, data, seed, metrics, sha256 of every file) into
+``<data cache>/pretrained/<name>`` (``--out`` for another folder; only ``--replace-zoo``
+overwrites the shipped ``ftcourse/zoo/<name>``) and take minutes on two CPU cores. Chapter 1
+teaches what pretraining is and re-runs a short version of the LM recipe in front of the reader.
 """
 
 from __future__ import annotations
