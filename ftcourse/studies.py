@@ -729,10 +729,29 @@ def _isa(flags: Sequence[str]) -> str:
 
 
 def load(study: str) -> Study:
-    """Read a stored study (every regime that has a CSV)."""
+    """Read a stored study (every regime that has a CSV), with the rows it borrows.
+
+    A chapter module may declare ``BORROWS = {"04": [{"arm": "full"}]}``: arms that are the
+    very same runs in another study (same task, budget, grid and seeds), read from there
+    instead of being trained twice. Borrowed rows carry ``borrowed_from``."""
     folder = study_dir(study)
     regimes = {p.stem: read_rows(p) for p in sorted(folder.glob("*.csv"))}
+    for lender, wheres in _borrows(study).items():
+        for regime, rows in load(lender).regimes.items():
+            lent = [
+                {**r, "borrowed_from": lender}
+                for r in rows
+                if any(all(str(r.get(k)) == str(v) for k, v in w.items()) for w in wheres)
+            ]
+            if lent:
+                regimes[regime] = regimes.get(regime, []) + lent
     return Study(study, regimes, provenance(study))
+
+
+def _borrows(study: str) -> Mapping[str, Sequence[Mapping[str, Any]]]:
+    from .chapters import STUDIES, module_for
+
+    return getattr(module_for(study), "BORROWS", {}) if study in STUDIES else {}
 
 
 @dataclass(frozen=True)

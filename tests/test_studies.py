@@ -164,6 +164,23 @@ def test_two_processes_can_share_a_study_by_arms(fake_study):
     assert (folder / "00" / ".lock").exists()
 
 
+def test_a_study_borrows_the_arms_that_are_the_same_runs_elsewhere(tmp_path, monkeypatch):
+    """Chapter 5's full fine-tuning is chapter 4's arm (same task, budget, grid, seeds): study
+    05 reads it from 04 instead of training it twice, and its plan never asks for it."""
+    from ftcourse.chapters import lora
+
+    monkeypatch.setattr(studies, "STUDIES_DIR", tmp_path)
+    row = {"seed": 0, "lr": 0.003, "val_acc": 0.5, "test_acc": 0.5, "test_correct": "1:AA=="}
+    studies._append(studies.rows_path("04", "fp32"), {"arm": "full", **row})
+    studies._append(studies.rows_path("04", "fp32"), {"arm": "head", **row})
+    studies._append(studies.rows_path("05", "fp32"), {"arm": "lora 4", **row})
+    rows = studies.load("05").rows("fp32")
+    assert sorted(r["arm"] for r in rows) == ["full", "lora 4"]
+    assert [r.get("borrowed_from") for r in rows if r["arm"] == "full"] == ["04"]
+    assert "full" not in {spec["arm"] for spec in lora.plan(rows)}
+    assert "borrowed_from" not in studies.load("04").rows("fp32")[0]
+
+
 def test_the_plan_extends_a_grid_until_its_choice_is_interior(fake_study):
     module, folder = fake_study
     # validation keeps rising with the rate: the plan must add rates above the grid

@@ -6,7 +6,8 @@ functions: full fine-tuning, LoRA on the query and value projections at three ra
 every linear layer at a rank with about as many parameters as the largest query + value rank
 (the LoRA paper's comparison at equal trainable parameters), and QLoRA (the same LoRA on a body
 stored in NF4 with double quantization). Every arm's learning rate is chosen on validation over
-three seeds. Run it with ``ftcourse study 05``.
+three seeds. Run it with ``ftcourse study 05``; full fine-tuning is read from study 04, whose
+arm is the same runs (:data:`BORROWS`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ QLORA_RANK = 4
 ALPHA = 8.0  # scale alpha / r, as chapter 5's profile
 REQUIRED_REGIMES = ("fp32",)  # an AVX2-only AMD EPYC: fp32 and AVX2 are one regime there
 
-ARMS = ("full", *(f"lora {r}" for r in RANKS), PLACEMENT[0], f"qlora {QLORA_RANK}")
+ARMS = (*(f"lora {r}" for r in RANKS), PLACEMENT[0], f"qlora {QLORA_RANK}")
+# Full fine-tuning is study 04's arm: the same task, budget, grid and seeds, so the same runs.
+# It is read from there (studies.load), not trained twice.
+BORROWS = {"04": [{"arm": "full"}]}
 GRIDS = {
-    "full": (1e-3, 3e-3, 1e-2),
     "lora": (3e-3, 1e-2, 3e-2),
     "lora-all": (3e-3, 1e-2, 3e-2),
     "qlora": (3e-3, 1e-2, 3e-2),
@@ -37,10 +40,9 @@ GRIDS = {
 
 
 def setting(arm: str) -> studies.Setting:
-    """Full fine-tuning has chapter 4's full budget, the LoRA arms its frozen one."""
+    """The LoRA arms have chapter 4's budget for frozen-backbone arms."""
     method = arm.partition(" ")[0]
-    steps = MAX_STEPS["full" if method == "full" else "frozen"]
-    return studies.Setting(GRIDS[method], steps, EVAL_EVERY, BATCH_SIZE, SEEDS)
+    return studies.Setting(GRIDS[method], MAX_STEPS["frozen"], EVAL_EVERY, BATCH_SIZE, SEEDS)
 
 
 GROUPS = [({"arm": a}, setting(a)) for a in ARMS]
