@@ -197,7 +197,10 @@ STUDY_ARMS = {
     "full fine-tuning": {"arm": "full"},
     "head only": {"arm": "head"},
     **{f"adapter, bottleneck {b}": {"arm": f"adapter {b}"} for b in ADAPTER_SIZES},
-    **{f"soft prompt, {n} vectors": {"arm": f"prompt {n}"} for n in PROMPT_LENGTHS},
+    **{
+        f"soft prompt, {n} vector{'s' if n > 1 else ''}": {"arm": f"prompt {n}"}
+        for n in PROMPT_LENGTHS
+    },
     f"adapter {INT8_SIZE} on an int8 body": {"arm": f"int8-adapter {INT8_SIZE}"},
 }
 
