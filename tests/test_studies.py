@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 from ftcourse import studies
-from ftcourse.chapters import additive, full, module_for, partial, pretraining, quickstart
+from ftcourse.chapters import (
+    additive,
+    full,
+    lora,
+    module_for,
+    partial,
+    pretraining,
+    quickstart,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Chapters whose claims are under the evidence rules (issue: chapters 0-3 first).
@@ -27,6 +35,7 @@ CHAPTERS = {
     "02": full,
     "03": partial,
     "04": additive,
+    "05": lora,
 }
 
 
