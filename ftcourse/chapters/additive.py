@@ -205,9 +205,10 @@ STUDY_ARMS = {
 }
 
 
-def _claim(
+def arm_claim(
     id: str, text: str, a: str, b: str, expect: str, names: tuple[str, str]
 ) -> studies.Claim:
+    """A claim comparing two arms of a study keyed by ``arm`` (chapters 4 and 5)."""
     return studies.Claim(id, text, {"arm": a}, {"arm": b}, expect=expect, names=names)
 
 
@@ -215,13 +216,13 @@ def _claim(
 # backs it; tests/test_studies.py checks each in every stored regime. The expectations were
 # read off the stored study (benchmarks/results/studies/04), never tuned to a sentence.
 CLAIMS: list[studies.Claim] = [
-    _claim(
+    arm_claim(
         "full-vs-head",
         "Full fine-tuning beats training the head alone on the frozen features",
         "full", "head", "a", ("full fine-tuning", "the head alone"),
     ),
     *(
-        _claim(
+        arm_claim(
             f"adapter-{b}-vs-head",
             f"Bottleneck adapters of size {b} beat the head alone",
             f"adapter {b}", "head", "a", (f"adapters ({b})", "the head alone"),
@@ -229,7 +230,7 @@ CLAIMS: list[studies.Claim] = [
         for b in ADAPTER_SIZES
     ),
     *(
-        _claim(
+        arm_claim(
             f"full-vs-adapter-{b}",
             f"At 1.3 M parameters and {LABELS_PER_CLASS} labels per class, full fine-tuning "
             f"beats adapters of bottleneck {b} (the source's 'on par' does not hold at this scale)",
@@ -237,13 +238,13 @@ CLAIMS: list[studies.Claim] = [
         )
         for b in ADAPTER_SIZES
     ),
-    _claim(
+    arm_claim(
         "adapter-32-vs-2",
         "A wider bottleneck helps: adapters of 32 beat adapters of 2",
         "adapter 32", "adapter 2", "a", ("adapters (32)", "adapters (2)"),
     ),
     *(
-        _claim(
+        arm_claim(
             f"full-vs-prompt-{n}",
             f"Full fine-tuning beats a soft prompt of {n} vector{'s' if n > 1 else ''}",
             "full", f"prompt {n}", "a", ("full fine-tuning", f"a prompt of {n}"),
@@ -251,25 +252,25 @@ CLAIMS: list[studies.Claim] = [
         for n in PROMPT_LENGTHS
     ),
     *(
-        _claim(
+        arm_claim(
             f"prompt-{n}-vs-head",
             f"A soft prompt of {n} vector{'s' if n > 1 else ''} adds a little to the head alone",
             f"prompt {n}", "head", "a", (f"a prompt of {n}", "the head alone"),
         )
         for n in PROMPT_LENGTHS
     ),
-    _claim(
+    arm_claim(
         "prompt-16-vs-1",
         "A longer soft prompt gains at most 0.02 here: 16 vectors and 1 are equivalent "
         "within ±0.02",
         "prompt 16", "prompt 1", "equivalent", ("a prompt of 16", "a prompt of 1"),
     ),
-    _claim(
+    arm_claim(
         "adapter-8-vs-prompt-16",
         "Adapters (bottleneck 8) beat the longest soft prompt (16 vectors)",
         "adapter 8", "prompt 16", "a", ("adapters (8)", "a prompt of 16"),
     ),
-    _claim(
+    arm_claim(
         "int8-vs-fp32",
         f"Storing the frozen body in int8 costs adapters ({INT8_SIZE}) no accuracy beyond "
         "±0.02: the two are equivalent within that margin",

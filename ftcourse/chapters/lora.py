@@ -16,7 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import studies
-from .additive import BATCH_SIZE, EVAL_EVERY, MAX_STEPS, SEEDS, TUNING_SEEDS, run_trial
+from .additive import (
+    BATCH_SIZE,
+    EVAL_EVERY,
+    MAX_STEPS,
+    SEEDS,
+    TUNING_SEEDS,
+    arm_claim,
+    run_trial,
+)
 
 STUDY = "05"
 KEYS = ("arm", "seed", "lr")
@@ -69,18 +77,12 @@ STUDY_ARMS = {
 }
 
 
-def _claim(
-    id: str, text: str, a: str, b: str, expect: str, names: tuple[str, str]
-) -> studies.Claim:
-    return studies.Claim(id, text, {"arm": a}, {"arm": b}, expect=expect, names=names)
-
-
 # The sentences chapter 5 teaches about tiny-lm, each with the comparison of the study that
 # backs it (tests/test_studies.py checks each in every stored regime). The expectations were
 # read off the stored study (benchmarks/results/studies/05), never tuned to a sentence.
 CLAIMS: list[studies.Claim] = [
     *(
-        _claim(
+        arm_claim(
             f"full-vs-lora-{r}",
             f"At 1.3 M parameters, full fine-tuning beats LoRA of rank {r} on query and value "
             "(the source's 'on par' does not hold at this scale)",
@@ -88,29 +90,29 @@ CLAIMS: list[studies.Claim] = [
         )
         for r in RANKS
     ),
-    _claim(
+    arm_claim(
         "rank-16-vs-1",
         f"A higher rank helps here: rank {RANKS[-1]} beats rank {RANKS[0]}",
         f"lora {RANKS[-1]}", f"lora {RANKS[0]}", "a",
         (f"rank {RANKS[-1]}", f"rank {RANKS[0]}"),
     ),
-    _claim(
+    arm_claim(
         "rank-4-vs-1",
         f"Rank {RANKS[1]} already beats rank {RANKS[0]}",
         f"lora {RANKS[1]}", f"lora {RANKS[0]}", "a", (f"rank {RANKS[1]}", f"rank {RANKS[0]}"),
     ),
-    _claim(
+    arm_claim(
         "placement",
         "At about equal trainable parameters, LoRA on every linear layer (rank 3) beats LoRA "
         "on query and value only (rank 16)",
         PLACEMENT[0], PLACEMENT[1], "a", ("every linear layer", "query + value"),
     ),
-    _claim(
+    arm_claim(
         "full-vs-lora-all",
         "Full fine-tuning beats LoRA on every linear layer too",
         "full", PLACEMENT[0], "a", ("full fine-tuning", "LoRA on every linear layer"),
     ),
-    _claim(
+    arm_claim(
         "qlora-vs-lora",
         f"Storing the frozen body in NF4 (QLoRA) costs LoRA of rank {QLORA_RANK} no accuracy "
         "beyond ±0.02: the two are equivalent within that margin",
