@@ -7,7 +7,7 @@ every linear layer at a rank with about as many parameters as the largest query 
 (the LoRA paper's comparison at equal trainable parameters), and QLoRA (the same LoRA on a body
 stored in NF4 with double quantization). Every arm's learning rate is chosen on validation over
 three seeds. Run it with ``ftcourse study 05``; full fine-tuning is read from study 04, whose
-arm is the same runs (:data:`BORROWS`).
+arm is the same runs (``BORROWS``).
 """
 
 from __future__ import annotations

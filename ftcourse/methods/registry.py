@@ -50,7 +50,7 @@ METHODS: dict[str, Method] = {}
 def register(
     name: str, size: str | None, chapter: int, description: str
 ) -> Callable[[Apply], Apply]:
-    """Decorator: add a method to :data:`METHODS` (a name registered twice is an error)."""
+    """Decorator: add a method to ``METHODS`` (a name registered twice is an error)."""
 
     def add(fn: Apply) -> Apply:
         if name in METHODS:
