@@ -149,14 +149,15 @@ def plan(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 @functools.cache
-def _base() -> tuple[nn.Module, Any]:
-    loaded = models.load(MODEL)
+def base_model(model: str = MODEL) -> tuple[nn.Module, Any]:
+    """The zoo model ``model`` (in eval mode) and its tokenizer, loaded once per process."""
+    loaded = models.load(model)
     return loaded.model.eval(), loaded.tokenizer
 
 
 @functools.cache
 def _gloss() -> TextTask:
-    return text_task("gloss", _base()[1], LABELS_PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS)
+    return text_task("gloss", base_model()[1], LABELS_PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS)
 
 
 def run_trial(
@@ -166,11 +167,14 @@ def run_trial(
     s: studies.Setting,
     device: Any = "cpu",
     alpha: float | None = None,
+    model: str = MODEL,
+    task: TextTask | None = None,
 ) -> experiments.Trial:
-    """One run of the study's gloss task: ``arm`` at ``lr`` on ``seed``, with the budget of
-    ``s``; returns the :class:`~ftcourse.experiments.Trial` (chapter 5's study shares it)."""
-    base, tok = _base()
-    task = _gloss()
+    """One run of a gloss task (by default the study's, on tiny-lm): ``arm`` at ``lr`` on
+    ``seed``, with the budget of ``s``; returns the :class:`~ftcourse.experiments.Trial`
+    (chapter 5's study and the SmolLM2 study share it)."""
+    base, tok = base_model(model)
+    task = task if task is not None else _gloss()
     (trial,) = experiments.run_arm(
         arm,
         arm_factory(base.to(device), tok.pad_token_id, len(task.classes), arm, alpha),
