@@ -109,7 +109,7 @@ bench: setup
 # `make studies` goes on where it stopped. Each regime runs in its own process.
 # The two regimes that differ on this CPU: native bf16 and fp32 where bf16 is native; else
 # fp32 (AVX-512 or AVX2 kernels, whichever the CPU has) and the AVX2 imitation.
-STUDIES ?= 00 01 02 03 04 05
+STUDIES ?= 00 01 02 03 04 05 smollm2
 REGIMES ?= $(shell $(PY) -c "from ftcourse import precision; print('native fp32' if precision.native_bf16('cpu') else 'fp32 avx2')" 2>/dev/null || echo fp32)
 studies: setup
 	@for s in $(STUDIES); do for r in $(REGIMES); do \

@@ -315,6 +315,93 @@ def study_vs_live(
     return fig
 
 
+def size_trend(
+    families: Mapping[str, Sequence[Any]],
+    ax: plt.Axes | None = None,
+    title: str = "",
+    margin: float = 0.02,
+) -> plt.Axes:
+    """Each PEFT family minus full fine-tuning (test accuracy, 95 % interval) against the
+    model's parameter count, one line per family (``families[family]`` = points with
+    ``parameters`` and ``difference``, as :func:`ftcourse.chapters.smollm2.trend` returns).
+    The band is ``± margin``, what the chapters call a negligible difference. Chapters 4-5."""
+    ax = _axes(ax, title)
+    for i, (family, points) in enumerate(families.items()):
+        if not points:
+            continue
+        xs = [p.parameters for p in points]
+        ds = [p.difference for p in points]
+        ax.errorbar(
+            xs,
+            [d.mean for d in ds],
+            yerr=[[d.mean - d.low for d in ds], [d.high - d.mean for d in ds]],
+            fmt="o-",
+            capsize=3,
+            color=f"C{i}",
+            label=family,
+        )
+    ax.axhline(0, color="black", lw=1)
+    ax.axhspan(-margin, margin, color="grey", alpha=0.15, label=f"within ±{margin:g}")
+    ax.set_xscale("log")
+    ax.set(xlabel="parameters of the model", ylabel="test accuracy minus full fine-tuning")
+    ax.legend(fontsize=9, loc="best")
+    return ax
+
+
+def rank_curve(
+    curves: Mapping[str, Sequence[tuple[int, Any]]],
+    ax: plt.Axes | None = None,
+    title: str = "",
+    margin: float = 0.02,
+) -> plt.Axes:
+    """LoRA at each rank minus full fine-tuning (95 % intervals), one line per model size
+    (``curves[model]`` = ``[(rank, point), ...]``, as
+    :func:`ftcourse.chapters.smollm2.rank_curves` returns). Chapter 5."""
+    ax = _axes(ax, title)
+    for i, (model, points) in enumerate(curves.items()):
+        ranks = [r for r, _ in points]
+        ds = [p.difference for _, p in points]
+        ax.errorbar(
+            ranks,
+            [d.mean for d in ds],
+            yerr=[[d.mean - d.low for d in ds], [d.high - d.mean for d in ds]],
+            fmt="o-",
+            capsize=3,
+            color=f"C{i}",
+            label=model,
+        )
+    ax.axhline(0, color="black", lw=1)
+    ax.axhspan(-margin, margin, color="grey", alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="LoRA rank (query + value)", ylabel="test accuracy minus full fine-tuning")
+    ax.legend(fontsize=9, loc="best")
+    return ax
+
+
+def memory_parts(
+    rows: Mapping[str, Mapping[str, Any]],
+    parts: Sequence[str] = ("weights", "gradients", "optimizer", "activations"),
+    ax: plt.Axes | None = None,
+    title: str = "",
+) -> plt.Axes:
+    """One stacked bar per arm: where the memory of a training step goes, in GiB
+    (``rows[arm][part]`` in bytes), with the measured peak as a black tick above (the peak
+    also holds temporaries no part shows). Chapters 4-5."""
+    ax = _axes(ax, title)
+    labels = list(rows)
+    bottom = np.zeros(len(labels))
+    for i, part in enumerate(parts):
+        heights = np.array([rows[a][part] for a in labels], float) / 2**30
+        ax.bar(labels, heights, bottom=bottom, color=f"C{i}", label=part)
+        bottom += heights
+    peaks = [rows[a]["peak"] / 2**30 for a in labels]
+    ax.scatter(labels, peaks, marker="_", s=400, color="black", zorder=3, label="peak")
+    ax.set_ylabel("GiB")
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.legend(fontsize=9, loc="best")
+    return ax
+
+
 def save(fig: plt.Figure, name: str) -> Path | None:
     """Save ``fig`` as ``$FTCOURSE_REPORT_DIR/figures/<name>.png`` when that variable is set."""
     folder = os.environ.get(REPORT_DIR_ENV)

@@ -171,3 +171,19 @@ def test_token_cache_in_a_read_only_data_folder_is_skipped(tiny, tmp_path, monke
     tokens = lm.encode_corpus(tokenizer, ["To be, or not to be."])
     assert tokens[-1] == tokenizer.eos_token_id and len(tokens) > 3
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_classifier_cuts_all_pad_columns_without_changing_its_logits(tiny):
+    model, tok = tiny
+    torch.manual_seed(0)
+    clf = lm.Classifier(model, 3, tok.pad_token_id).eval()
+    ids = lm.encode_texts(tok, ["a short text", "a somewhat longer text than that"], 12)
+    padded = torch.cat([ids, torch.full((2, 20), tok.pad_token_id)], dim=1)
+    with torch.no_grad():
+        short, long = clf(ids), clf(padded)
+    # Trailing columns that are padding in every row are cut before the body runs.
+    torch.testing.assert_close(short, long, rtol=0, atol=1e-6)
+    # Padding inside the batch (a shorter row) still counts as padding, not as text.
+    with torch.no_grad():
+        alone = clf(lm.encode_texts(tok, ["a short text"], 12))
+    torch.testing.assert_close(alone[0], short[0], rtol=0, atol=1e-5)

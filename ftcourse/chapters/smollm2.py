@@ -19,10 +19,13 @@ memory on the same model.
 
 from __future__ import annotations
 
+import csv
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import studies
@@ -118,8 +121,158 @@ STUDY_ARMS = {
     "QLoRA, rank 16": {"arm": "qlora 16"},
 }
 
-# The sentences chapters 4 and 5 teach about SmolLM2-135M, each with its comparison; filled
-# in from the stored study once it is complete (never tuned to a sentence).
-CLAIMS: list[studies.Claim] = []
+# The sentences chapters 4 and 5 teach about SmolLM2-135M, each with its comparison
+# (tests/test_studies.py checks each in every stored regime). The expectations were read off
+# the stored study, never tuned to a sentence.
+CLAIMS_04: list[studies.Claim] = []
+CLAIMS_05: list[studies.Claim] = []
+CLAIMS = CLAIMS_04 + CLAIMS_05
 CLAIMS_BY_ID = {c.id: c for c in CLAIMS}
 _ = arm_claim  # the claims use the chapters' helper
+
+
+# --------------------------------------------------------------------------- the size trend
+
+# Per chapter, each PEFT family's arm in every study of a model size (smallest model first),
+# each compared with full fine-tuning in the same study: does the gap close as models grow?
+TRENDS: dict[str, dict[str, list[tuple[str, str]]]] = {
+    "04": {
+        "adapters (bottleneck 32)": [("04", "adapter 32"), (STUDY, "adapter 32")],
+        "soft prompt (4 vectors)": [("04", "prompt 4"), (STUDY, "prompt 4")],
+        "head only": [("04", "head"), (STUDY, "head")],
+    },
+    "05": {
+        "LoRA on query + value, rank 1": [("05", "lora 1"), (STUDY, "lora 1")],
+        "LoRA on query + value, rank 16": [("05", "lora 16"), (STUDY, "lora 16")],
+        "LoRA on every linear layer, rank 3": [("05", "lora-all 3"), (STUDY, "lora-all 3")],
+    },
+}
+# The LoRA ranks on query and value that each size's study ran (the rank curve).
+RANK_CURVES: dict[str, tuple[str, tuple[int, ...]]] = {
+    "tiny-lm": ("05", (1, 4, 16)),
+    "SmolLM2-135M": (STUDY, (1, 16)),
+}
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """One arm against full fine-tuning in one model's study: the model's parameter count
+    (the full arm's trainable parameters), the regime read, and the difference."""
+
+    family: str
+    study: str
+    parameters: int
+    regime: str
+    difference: studies.Difference
+
+
+def gap_to_full(study_name: str, arm: str) -> TrendPoint | None:
+    """``arm`` minus full fine-tuning in a stored study, in its regime closest to this
+    process; ``None`` while the study has no complete regime."""
+    from . import module_for
+
+    module = module_for(study_name)
+    stored = studies.load(study_name)
+    regime = studies.study_regime(module, stored)
+    if regime is None:
+        return None
+    a = stored.arm(regime, module.TUNING_SEEDS, arm=arm)
+    full = stored.arm(regime, module.TUNING_SEEDS, arm="full")
+    diff = studies.Difference.of(arm, "full fine-tuning", a.correct, full.correct)
+    params = int(np.median(full.values("trainable")))
+    return TrendPoint(arm, study_name, params, regime, diff)
+
+
+def trend(chapter: str) -> dict[str, list[TrendPoint]]:
+    """Chapter 4's or 5's families (:data:`TRENDS`), each a list of points by model size
+    (a study not stored yet is left out)."""
+    out = {}
+    for family, arms in TRENDS[chapter].items():
+        points = [gap_to_full(s, a) for s, a in arms]
+        out[family] = [p for p in points if p is not None]
+    return out
+
+
+SIZE_NAMES = {"04": "tiny-lm", "05": "tiny-lm", STUDY: "SmolLM2-135M"}
+
+
+def trend_sentences(families: Mapping[str, Sequence[TrendPoint]]) -> str:
+    """Markdown, one bullet per family: its difference to full fine-tuning at each model size,
+    in generated sentences (:meth:`ftcourse.studies.Difference.sentence`)."""
+    lines = []
+    for family, points in families.items():
+        parts = [
+            f"{SIZE_NAMES.get(p.study, p.study)} ({p.parameters / 1e6:.1f} M, {p.regime}): "
+            f"{p.difference.sentence()}"
+            for p in points
+        ]
+        lines.append(f"- **{family}**: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def rank_curves() -> dict[str, list[tuple[int, TrendPoint]]]:
+    """Per model size, LoRA on query and value at each rank its study ran, minus full
+    fine-tuning (the rank curve of chapter 5)."""
+    out = {}
+    for model, (study_name, ranks) in RANK_CURVES.items():
+        points = [(r, gap_to_full(study_name, f"lora {r}")) for r in ranks]
+        if all(p is not None for _, p in points):
+            out[model] = points
+    return out
+
+
+# --------------------------------------------------------------------------- peak memory
+
+PEAK_MEMORY = studies.ROOT / "benchmarks" / "results" / "peak_memory.csv"
+MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations")
+# (batch, tokens) measured: the studies' batch of definitions, and a longer context
+MEMORY_SHAPES = ((16, 32), (8, 256))
+
+
+def peak_memory(
+    model: str, batch: int, tokens: int, precision: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """The rows of ``benchmarks/peak_memory.py`` for one model and shape, by arm (bytes as
+    ints), in ``precision`` (``"bf16 autocast"``, ``"fp32"``; by default this process's if it
+    was measured, else the other); empty when nothing is stored."""
+    if not PEAK_MEMORY.exists():
+        return {}
+    with open(PEAK_MEMORY, newline="") as f:
+        rows = [
+            r
+            for r in csv.DictReader(f)
+            if r["model"] == model and int(r["batch"]) == batch and int(r["tokens"]) == tokens
+        ]
+    stored = sorted({r["precision"] for r in rows})
+    if precision is None:
+        from ..precision import describe
+
+        precision = describe() if describe() in stored else (stored[0] if stored else "")
+    rows = [r for r in rows if r["precision"] == precision]
+    ints = ("trainable", "batch", "tokens", "peak", *MEMORY_PARTS)
+    return {r["arm"]: {k: int(v) if k in ints else v for k, v in r.items()} for r in rows}
+
+
+def memory_table(arms: Sequence[str], shapes: Sequence[tuple[int, int]]) -> str:
+    """Markdown: for each arm, the peak memory of one training step on tiny-lm and on
+    SmolLM2-135M at each shape (batch x tokens), and how many times less than full
+    fine-tuning's peak that is."""
+    from ..memory import bytes_str
+
+    head = "| arm |" + "".join(
+        f" {name}, {b} × {t} tokens |" for name in ("tiny-lm", "SmolLM2-135M") for b, t in shapes
+    )
+    lines = [head, "|---" * (1 + 2 * len(shapes)) + "|"]
+    tables = [peak_memory(m, b, t) for m in ("tiny-lm", MODEL) for b, t in shapes]
+    for arm in ("full", *arms):
+        cells = []
+        for table in tables:
+            if arm not in table or "full" not in table:
+                cells.append("–")
+                continue
+            ratio = table["full"]["peak"] / table[arm]["peak"]
+            cells.append(
+                bytes_str(table[arm]["peak"]) + ("" if arm == "full" else f" ({ratio:.1f}× less)")
+            )
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

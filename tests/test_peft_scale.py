@@ -1,0 +1,91 @@
+"""The SmolLM2 study's helpers: evaluation sets by length, the size trend read from the stored
+studies, the peak-memory table, and their plots (chapters 4-5)."""
+
+import csv
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from ftcourse import plots, studies
+from ftcourse.chapters import additive, lora, smollm2
+
+matplotlib.use("Agg")
+
+
+def test_by_length_keeps_every_example_shortest_first():
+    ids = torch.tensor([[5, 6, 7, 0], [5, 0, 0, 0], [5, 6, 0, 0]])
+    ds = torch.utils.data.TensorDataset(ids, torch.tensor([0, 1, 2]))
+    out = smollm2.by_length(ds, pad_id=0)
+    assert out.tensors[1].tolist() == [1, 2, 0]
+    assert sorted(map(tuple, out.tensors[0].tolist())) == sorted(map(tuple, ids.tolist()))
+
+
+def test_every_arm_is_a_registered_method_with_a_grid():
+    from ftcourse.methods import registry
+
+    for arm in smollm2.ARMS:
+        method, _ = additive.parse_arm(arm)
+        assert method in registry.names() and len(smollm2.GRIDS[method]) >= 3
+    # the placement comparison is at about equal parameters (SmolLM2: 576 wide, kv 192)
+    assert "lora-all 3" in smollm2.ARMS and "lora 16" in smollm2.ARMS
+
+
+def test_the_trend_reads_each_gap_from_its_own_study():
+    """tiny-lm's points are studies 04 and 05: the same differences as their claims."""
+    trend = smollm2.trend("04")
+    (tiny,) = [p for p in trend["adapters (bottleneck 32)"] if p.study == "04"]
+    claim = additive.CLAIMS_BY_ID["full-vs-adapter-32"]
+    d = claim.difference(studies.load("04"), tiny.regime, additive.TUNING_SEEDS)
+    assert tiny.difference.mean == pytest.approx(-d.mean, abs=1e-12)
+    assert 1.2e6 < tiny.parameters < 1.4e6  # tiny-lm and its head
+    curves = smollm2.rank_curves()
+    ranks = [r for r, _ in curves["tiny-lm"]]
+    assert ranks == [1, 4, 16]
+    (r16,) = [p for r, p in curves["tiny-lm"] if r == 16]
+    d = lora.CLAIMS_BY_ID["full-vs-lora-16"].difference(
+        studies.load("05"), r16.regime, lora.TUNING_SEEDS
+    )
+    assert r16.difference.mean == pytest.approx(-d.mean, abs=1e-12)
+    assert "tiny-lm (1.3 M" in smollm2.trend_sentences(trend)
+
+
+def _point(study, params, mean):
+    d = studies.Difference("a", "b", mean, mean - 0.01, mean + 0.02, 3, 100)
+    return smollm2.TrendPoint("a", study, params, "fp32", d)
+
+
+def test_size_trend_and_rank_curve_draw_each_point_with_its_interval():
+    families = {"adapters": [_point("04", 1_300_000, -0.06), _point("smollm2", 135e6, -0.01)]}
+    ax = plots.size_trend(families)
+    (line,) = [c.lines[0] for c in ax.containers if c.get_label() == "adapters"]
+    assert list(line.get_ydata()) == [-0.06, -0.01]
+    assert ax.get_xscale() == "log"
+    ax = plots.rank_curve({"tiny-lm": [(1, _point("05", 1, -0.1)), (16, _point("05", 1, -0.05))]})
+    (line,) = [c.lines[0] for c in ax.containers if c.get_label() == "tiny-lm"]
+    assert list(line.get_xdata()) == [1, 16] and list(line.get_ydata()) == [-0.1, -0.05]
+
+
+def test_memory_table_divides_by_full_fine_tunings_peak(tmp_path, monkeypatch):
+    path = tmp_path / "peak_memory.csv"
+    fields = ["model", "arm", "trainable", "batch", "tokens", "peak", "precision"]
+    fields += smollm2.MEMORY_PARTS
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for model in ("tiny-lm", smollm2.MODEL):
+            for arm, peak in (("full", 3 * 2**30), ("lora 16", 2**30)):
+                w.writerow(
+                    dict(model=model, arm=arm, trainable=1, batch=16, tokens=32, peak=peak)
+                    | {"precision": "fp32"}
+                    | dict.fromkeys(smollm2.MEMORY_PARTS, 0)
+                )
+    monkeypatch.setattr(smollm2, "PEAK_MEMORY", path)
+    rows = smollm2.peak_memory(smollm2.MODEL, 16, 32)
+    assert rows["full"]["peak"] == 3 * 2**30
+    table = smollm2.memory_table(["lora 16"], [(16, 32)])
+    assert "| lora 16 | 1.0 GiB (3.0× less) | 1.0 GiB (3.0× less) |" in table
+    assert smollm2.peak_memory(smollm2.MODEL, 8, 256) == {}
+    ax = plots.memory_parts({"full": rows["full"], "lora 16": rows["lora 16"]})
+    assert np.allclose([c.get_offsets()[:, 1] for c in ax.collections][0], [3.0, 1.0])
