@@ -89,3 +89,25 @@ def test_memory_table_divides_by_full_fine_tunings_peak(tmp_path, monkeypatch):
     assert smollm2.peak_memory(smollm2.MODEL, 8, 256) == {}
     ax = plots.memory_parts({"full": rows["full"], "lora 16": rows["lora 16"]})
     assert np.allclose([c.get_offsets()[:, 1] for c in ax.collections][0], [3.0, 1.0])
+
+
+def test_memory_summary_is_generated_from_the_stored_rows(tmp_path, monkeypatch):
+    path = tmp_path / "peak_memory.csv"
+    fields = ["model", "arm", "trainable", "batch", "tokens", "peak", "precision"]
+    fields += smollm2.MEMORY_PARTS
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for batch, tokens in smollm2.MEMORY_SHAPES:
+            for arm, peak, state in (("full", 4 * 2**30, 2**30), ("lora 16", 2**30, 0)):
+                w.writerow(
+                    dict(model=smollm2.MODEL, arm=arm, trainable=1, batch=batch, tokens=tokens)
+                    | dict(peak=peak, precision="fp32", weights=0, activations=0)
+                    | dict(gradients=state, optimizer=2 * state)
+                )
+    monkeypatch.setattr(smollm2, "PEAK_MEMORY", path)
+    text = smollm2.memory_summary("lora 16")
+    assert text.startswith("On SmolLM2-135M (fp32): at 16 × 32 tokens")
+    assert text.count("3.0 GiB of its 4.0 GiB peak (75%)") == 2
+    assert text.count("(4.0× less)") == 2
+    assert smollm2.memory_summary("adapter 32") == ""

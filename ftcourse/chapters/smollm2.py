@@ -276,3 +276,27 @@ def memory_table(arms: Sequence[str], shapes: Sequence[tuple[int, int]]) -> str:
             )
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def memory_summary(arm: str, model: str = MODEL) -> str:
+    """A generated sentence: at each measured shape, the share of full fine-tuning's peak
+    that its gradients and optimizer state take, and how many times less ``arm`` peaks at
+    (``""`` when nothing is measured)."""
+    from ..memory import bytes_str
+
+    parts, precision = [], ""
+    for batch, tokens in MEMORY_SHAPES:
+        rows = peak_memory(model, batch, tokens)
+        if "full" not in rows or arm not in rows:
+            return ""
+        full, other = rows["full"], rows[arm]
+        precision = full["precision"]
+        state = full["gradients"] + full["optimizer"]
+        parts.append(
+            f"at {batch} × {tokens} tokens, full fine-tuning's gradients and AdamW state are "
+            f"{bytes_str(state)} of its {bytes_str(full['peak'])} peak "
+            f"({state / full['peak']:.0%}), and {arm} peaks at {bytes_str(other['peak'])} "
+            f"({full['peak'] / other['peak']:.1f}× less)"
+        )
+    name = "SmolLM2-135M" if model == MODEL else model
+    return f"On {name} ({precision}): " + "; ".join(parts)
