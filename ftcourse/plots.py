@@ -323,8 +323,10 @@ def size_trend(
 ) -> plt.Axes:
     """Each PEFT family minus full fine-tuning (test accuracy, 95 % interval) against the
     model's parameter count, one line per family (``families[family]`` = points with
-    ``parameters`` and ``difference``, as :func:`ftcourse.chapters.smollm2.trend` returns).
-    The band is ``± margin``, what the chapters call a negligible difference. Chapters 4-5."""
+    ``parameters``, ``difference`` and ``budget_bound``, as
+    :func:`ftcourse.chapters.smollm2.trend` returns; an open marker: most runs of that arm
+    were still improving at the budget's last step). The band is ``± margin``, what the
+    chapters call a negligible difference. Chapters 4-5."""
     ax = _axes(ax, title)
     for i, (family, points) in enumerate(families.items()):
         if not points:
@@ -340,6 +342,9 @@ def size_trend(
             color=f"C{i}",
             label=family,
         )
+        bound = [(p.parameters, p.difference.mean) for p in points if p.budget_bound]
+        if bound:  # open markers: most runs still improving at the budget's last step
+            ax.plot(*zip(*bound, strict=True), "o", mfc="white", color=f"C{i}", zorder=3)
     ax.axhline(0, color="black", lw=1)
     ax.axhspan(-margin, margin, color="grey", alpha=0.15, label=f"within ±{margin:g}")
     ax.set_xscale("log")

@@ -68,6 +68,10 @@ GRIDS = {
     "qlora": (3e-4, 1e-3, 3e-3),
 }
 MAX_STEPS, EVAL_EVERY, BATCH_SIZE = 100, 20, 16
+# Arms whose best checkpoint was usually the budget's last step: what the study says about
+# them is about 100 steps, and the chapters say so (tests/test_studies.py checks the list
+# against the stored rows both ways).
+BUDGET_BOUND: tuple[str, ...] = ()
 
 
 def setting(arm: str) -> studies.Setting:
@@ -164,6 +168,7 @@ class TrendPoint:
     parameters: int
     regime: str
     difference: studies.Difference
+    budget_bound: bool = False  # the arm's best checkpoint was usually its last step
 
 
 def gap_to_full(study_name: str, arm: str) -> TrendPoint | None:
@@ -180,7 +185,7 @@ def gap_to_full(study_name: str, arm: str) -> TrendPoint | None:
     full = stored.arm(regime, module.TUNING_SEEDS, arm="full")
     diff = studies.Difference.of(arm, "full fine-tuning", a.correct, full.correct)
     params = int(np.median(full.values("trainable")))
-    return TrendPoint(arm, study_name, params, regime, diff)
+    return TrendPoint(arm, study_name, params, regime, diff, a.hit_budget_rate > 0.5)
 
 
 def trend(chapter: str) -> dict[str, list[TrendPoint]]:
@@ -204,6 +209,12 @@ def trend_sentences(families: Mapping[str, Sequence[TrendPoint]]) -> str:
         parts = [
             f"{SIZE_NAMES.get(p.study, p.study)} ({p.parameters / 1e6:.1f} M, {p.regime}): "
             f"{p.difference.sentence()}"
+            + (
+                " (most of its runs were still improving at the budget's last step: a longer "
+                "budget could move it)"
+                if p.budget_bound
+                else ""
+            )
             for p in points
         ]
         lines.append(f"- **{family}**: " + "; ".join(parts) + ".")
