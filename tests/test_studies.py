@@ -25,6 +25,7 @@ from ftcourse.chapters import (
     partial,
     pretraining,
     quickstart,
+    smollm2,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,7 @@ CHAPTERS = {
     "03": partial,
     "04": additive,
     "05": lora,
+    "smollm2": smollm2,
 }
 
 
