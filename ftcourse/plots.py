@@ -315,6 +315,19 @@ def study_vs_live(
     return fig
 
 
+def _gap_errorbar(ax: plt.Axes, xs: Sequence[float], ds: Sequence[Any], i: int, label: str) -> None:
+    """Differences (``mean``, ``low``, ``high``) at ``xs`` with their intervals, colour ``C{i}``."""
+    ax.errorbar(
+        xs,
+        [d.mean for d in ds],
+        yerr=[[d.mean - d.low for d in ds], [d.high - d.mean for d in ds]],
+        fmt="o-",
+        capsize=3,
+        color=f"C{i}",
+        label=label,
+    )
+
+
 def size_trend(
     families: Mapping[str, Sequence[Any]],
     ax: plt.Axes | None = None,
@@ -331,17 +344,7 @@ def size_trend(
     for i, (family, points) in enumerate(families.items()):
         if not points:
             continue
-        xs = [p.parameters for p in points]
-        ds = [p.difference for p in points]
-        ax.errorbar(
-            xs,
-            [d.mean for d in ds],
-            yerr=[[d.mean - d.low for d in ds], [d.high - d.mean for d in ds]],
-            fmt="o-",
-            capsize=3,
-            color=f"C{i}",
-            label=family,
-        )
+        _gap_errorbar(ax, [p.parameters for p in points], [p.difference for p in points], i, family)
         bound = [(p.parameters, p.difference.mean) for p in points if p.budget_bound]
         if bound:  # open markers: most runs still improving at the budget's last step
             ax.plot(*zip(*bound, strict=True), "o", mfc="white", color=f"C{i}", zorder=3)
@@ -364,17 +367,7 @@ def rank_curve(
     :func:`ftcourse.chapters.smollm2.rank_curves` returns). Chapter 5."""
     ax = _axes(ax, title)
     for i, (model, points) in enumerate(curves.items()):
-        ranks = [r for r, _ in points]
-        ds = [p.difference for _, p in points]
-        ax.errorbar(
-            ranks,
-            [d.mean for d in ds],
-            yerr=[[d.mean - d.low for d in ds], [d.high - d.mean for d in ds]],
-            fmt="o-",
-            capsize=3,
-            color=f"C{i}",
-            label=model,
-        )
+        _gap_errorbar(ax, [r for r, _ in points], [p.difference for _, p in points], i, model)
     ax.axhline(0, color="black", lw=1)
     ax.axhspan(-margin, margin, color="grey", alpha=0.15)
     ax.set_xscale("log", base=2)
