@@ -126,10 +126,11 @@ def metrics() -> dict[str, Any]:
     return dict(_current().metrics)
 
 
-def check(claim: str, holds: bool, measured: str = "") -> bool:
+def check(claim: str, holds: bool, measured: str = "") -> None:
     """State an **invariant** beside what this run measured; a broken one fails the run.
 
-    Prints ``✓``/``✗`` with the claim. In the ``cpu`` and ``gpu`` profiles an invariant that
+    Prints ``✓``/``✗`` with the claim and returns nothing (a cell that ends with a check
+    shows no echoed value). In the ``cpu`` and ``gpu`` profiles an invariant that
     does not hold raises :class:`ClaimFailed`, which fails the notebook and the book build; in
     ``smoke`` (tiny sizes) it only prints. Use it for exact facts only (equalities,
     identities, bit-identical weights); a statistical comparison is a :func:`finding`.
@@ -142,13 +143,12 @@ def check(claim: str, holds: bool, measured: str = "") -> bool:
     _write()
     if not holds and run.profile != "smoke":
         raise ClaimFailed(f"claim does not hold in profile {run.profile!r}: {claim} ({measured})")
-    return holds
 
 
-def finding(claim: str, holds: bool, measured: str = "") -> str:
+def finding(claim: str, holds: bool, measured: str = "") -> None:
     """State a **finding**: whether this run's statistics support ``claim``. Never raises.
 
-    Prints and returns a generated line, ``"● this run supports: <claim> [<measured>]"`` or
+    Prints a generated line, ``"● this run supports: <claim> [<measured>]"`` or
     ``"○ this run does not support: <claim> [...]"``, and records it in the report (kind
     ``finding``). Whether the claim is *true* is settled by the chapter's reference study,
     not by one run. Taught in chapter 0.
@@ -161,7 +161,6 @@ def finding(claim: str, holds: bool, measured: str = "") -> str:
     )
     print(line)
     _write()
-    return line
 
 
 def report_path() -> Path | None:

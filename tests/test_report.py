@@ -47,7 +47,7 @@ def test_bad_values_and_names_are_refused(report_dir):
 
 def test_failed_claim_raises_except_in_smoke(report_dir, capsys):
     report.start("99_example", "smoke")
-    assert report.check("never true", False, "0 vs 1") is False
+    assert report.check("never true", False, "0 vs 1") is None  # no echo after a cell
     assert "✗ never true" in capsys.readouterr().out
     report.start("99_example", "cpu")
     with pytest.raises(report.ClaimFailed, match="never true"):
@@ -57,10 +57,11 @@ def test_failed_claim_raises_except_in_smoke(report_dir, capsys):
 
 def test_a_finding_never_raises_and_says_what_this_run_shows(report_dir, capsys):
     report.start("99_example", "cpu")
-    line = report.finding("A beats B", False, "-0.010 (-0.05 to +0.03)")
-    assert line.startswith("○ this run does not support: A beats B")
-    assert "○ this run does not support: A beats B" in capsys.readouterr().out
-    assert report.finding("A beats B", True).startswith("● this run supports")
+    assert report.finding("A beats B", False, "-0.010 (-0.05 to +0.03)") is None
+    out = capsys.readouterr().out
+    assert out.startswith("○ this run does not support: A beats B  [-0.010 (-0.05 to +0.03)]")
+    report.finding("A beats B", True)
+    assert capsys.readouterr().out.startswith("● this run supports: A beats B")
     claims = report.read(report_dir / "99_example.json")["claims"]
     assert [(c["holds"], c["kind"]) for c in claims] == [(False, "finding"), (True, "finding")]
 

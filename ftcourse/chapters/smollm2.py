@@ -283,7 +283,7 @@ def gap_to_full(study_name: str, arm: str) -> TrendPoint | None:
 
 
 def trend(chapter: str) -> dict[str, list[TrendPoint]]:
-    """Chapter 4's or 5's families (:data:`TRENDS`), each a list of points by model size
+    """Chapter 4's or 5's families (``TRENDS``), each a list of points by model size
     (a study not stored yet is left out)."""
     out = {}
     for family, arms in TRENDS[chapter].items():
