@@ -109,9 +109,11 @@ bench: setup
 # `make studies` goes on where it stopped. Each regime runs in its own process.
 # The two regimes that differ on this CPU: native bf16 and fp32 where bf16 is native; else
 # fp32 (AVX-512 or AVX2 kernels, whichever the CPU has) and the AVX2 imitation.
-STUDIES ?= 00 01 02 03 04 05 smollm2
+STUDIES ?= 00 01 02 03 04 05 smollm2 widths
+WIDTHS ?= 64
 REGIMES ?= $(shell $(PY) -c "from ftcourse import precision; print('native fp32' if precision.native_bf16('cpu') else 'fp32 avx2')" 2>/dev/null || echo fp32)
 studies: setup
+	@for w in $(WIDTHS); do $(VENV)/bin/ftcourse pretrain lm --width $$w --keep || exit 1; done
 	@for s in $(STUDIES); do for r in $(REGIMES); do \
 		$(BATCH) $(VENV)/bin/ftcourse study $$s --regime $$r || exit 1; done; done
 

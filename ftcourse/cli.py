@@ -7,8 +7,8 @@
 * ``ftcourse run NOTEBOOK --profile P [--report-dir D]`` - execute one notebook with papermill
   into ``_build/executed/``.
 * ``ftcourse data fetch [NAME ...]`` - obtain datasets (what ``make setup`` runs).
-* ``ftcourse pretrain {cnn,lm} [--out DIR | --replace-zoo]`` - rebuild a zoo model (into
-  the data cache unless ``--replace-zoo``).
+* ``ftcourse pretrain {cnn,lm} [--out DIR | --replace-zoo] [--width W] [--keep]`` - rebuild a
+  zoo model (into the data cache unless ``--replace-zoo``), or tiny-lm at another width.
 * ``ftcourse study CHAPTER [--regime native|fp32|avx2]`` - run or resume a chapter's reference
   study (``benchmarks/results/studies/``).
 

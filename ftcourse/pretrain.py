@@ -89,7 +89,29 @@ def _machine() -> str:
 
 # --------------------------------------------------------------------------- tiny-lm
 
-LM_SIZE = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4)
+LM_WIDTH = 128
+
+
+def lm_size(width: int = LM_WIDTH) -> dict[str, int]:
+    """tiny-lm's architecture at ``width``: 4 layers, 4 heads, an MLP 2.75 times as wide
+    (tiny-lm's 352 at 128). Other widths put points beside tiny-lm on the size trend of
+    chapters 4-5 (:mod:`ftcourse.chapters.widths`)."""
+    if width < 16 or width % 16:
+        raise ValueError(f"width must be a multiple of 16 (4 heads of at least 4), got {width}")
+    return dict(
+        hidden_size=width,
+        intermediate_size=width * 11 // 4,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+    )
+
+
+def lm_name(width: int = LM_WIDTH) -> str:
+    """``"tiny-lm"`` at tiny-lm's width, ``"tiny-lm-w<width>"`` at another."""
+    return "tiny-lm" if width == LM_WIDTH else f"tiny-lm-w{width}"
+
+
+LM_SIZE = lm_size()
 LM_STEPS, LM_LR, LM_VOCAB = 2400, 3e-3, 4096
 SAMPLE_PROMPTS = ("ROMEO.", "It is a truth universally acknowledged", "A dog is a kind of")
 
@@ -138,8 +160,12 @@ def pretrain_lm(
     num_steps: int = LM_STEPS,
     lr: float = LM_LR,
     vocab_size: int = LM_VOCAB,
+    width: int = LM_WIDTH,
 ) -> dict:
     """Train the tokenizer and tiny-lm on Shakespeare + Austen + known facts, and save them.
+
+    ``width`` other than 128 makes the same recipe at another width (:func:`lm_size`, named
+    :func:`lm_name`): the same tokenizer, data, steps and seed.
 
     fp32 on the CPU by default (``FTCOURSE_PRECISION`` can change it), so the shipped weights
     do not depend on the machine's bf16 support. Writes the card with the corpus composition,
@@ -148,7 +174,8 @@ def pretrain_lm(
     os.environ.setdefault(PRECISION_ENV, "fp32")  # the same weights on every CPU
     seed_everything(seed)
     corpus, tokenizer, train_tokens, held_out = lm_data(seed, vocab_size)
-    model = build_lm(len(tokenizer), **LM_SIZE)
+    size = lm_size(width)
+    model = build_lm(len(tokenizer), **size)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.bos_token_id = model.config.eos_token_id = tokenizer.eos_token_id
     loss_start = {s: lm.lm_loss(model, t, max_windows=200) for s, t in held_out.items()}
@@ -168,7 +195,7 @@ def pretrain_lm(
         num_steps=num_steps,
         lr=lr,
         generator=torch.Generator().manual_seed(seed),
-        progress="tiny-lm",
+        progress=lm_name(width),
         eval_every=max(1, num_steps // 20),
         eval_fn=curve,
     )
@@ -186,11 +213,11 @@ def pretrain_lm(
     write_card(
         out,
         {
-            "name": "tiny-lm",
+            "name": lm_name(width),
             "kind": "lm",
             "version": 2,
-            "arch": f"LlamaForCausalLM (transformers), {LM_SIZE['num_hidden_layers']} layers, "
-            f"width {LM_SIZE['hidden_size']}, {LM_SIZE['num_attention_heads']} heads, tied "
+            "arch": f"LlamaForCausalLM (transformers), {size['num_hidden_layers']} layers, "
+            f"width {size['hidden_size']}, {size['num_attention_heads']} heads, tied "
             "embeddings, context 256",
             "num_params": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tokenizer),
@@ -229,6 +256,11 @@ def pretrain_lm(
     return {"held_out_loss": loss_end, "probe": probe, "seconds": seconds}
 
 
+def pretrained_dir(name: str) -> Path:
+    """Where ``ftcourse pretrain`` saves ``name`` by default: ``<data cache>/pretrained/<name>``."""
+    return data.cache_dir() / "pretrained" / name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftcourse pretrain", description=__doc__)
     parser.add_argument("model", choices=["cnn", "lm"], help="which zoo model to make")
@@ -245,19 +277,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="LM: optimizer steps; CNN: epochs")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=LM_WIDTH,
+        help=f"LM: the model width (default {LM_WIDTH}, tiny-lm; other widths are saved as "
+        "tiny-lm-w<width>, for the size trend of chapters 4-5)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="do nothing when the output folder already holds a model (its card.json)",
+    )
     args = parser.parse_args(argv)
+    if args.model == "cnn" and args.width != LM_WIDTH:
+        parser.error("--width is for the LM only")
+    name = lm_name(args.width) if args.model == "lm" else "tiny-cnn"
     if args.replace_zoo:
-        out = ZOO_DIR / f"tiny-{args.model}"
+        if name not in ("tiny-lm", "tiny-cnn"):
+            parser.error(f"--replace-zoo replaces a shipped model; {name} is not one")
+        out = ZOO_DIR / name
     else:
-        from .data import cache_dir
-
-        out = args.out or cache_dir() / "pretrained" / f"tiny-{args.model}"
+        out = args.out or pretrained_dir(name)
+    if args.keep and (out / "card.json").is_file():
+        print(f"kept {out} (already pretrained)")
+        return 0
     if args.model == "cnn":
         kw = {} if args.steps is None else {"num_epochs": args.steps}
         result = pretrain_cnn(out, seed=args.seed, **kw)
     else:
         kw = {} if args.steps is None else {"num_steps": args.steps}
-        result = pretrain_lm(out, seed=args.seed, **kw)
+        result = pretrain_lm(out, seed=args.seed, width=args.width, **kw)
     print(f"saved {out}: {result}")
     if not args.replace_zoo:
         print(

@@ -1,15 +1,17 @@
-"""The SmolLM2 study's helpers: evaluation sets by length, the size trend read from the stored
-studies, the peak-memory table, and their plots (chapters 4-5)."""
+"""The SmolLM2 and widths studies' helpers: evaluation sets by length, tiny-lm at other
+widths, the size trend read from the stored studies, the peak-memory table, and their plots
+(chapters 4-5)."""
 
 import csv
+import json
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
 
-from ftcourse import plots, studies
-from ftcourse.chapters import additive, lora, smollm2
+from ftcourse import plots, pretrain, studies
+from ftcourse.chapters import additive, lora, smollm2, widths
 
 matplotlib.use("Agg")
 
@@ -51,9 +53,75 @@ def test_the_trend_reads_each_gap_from_its_own_study():
     assert "tiny-lm (1.3 M" in smollm2.trend_sentences(trend)
 
 
-def _point(study, params, mean):
+def _point(study, params, mean, model=""):
     d = studies.Difference("a", "b", mean, mean - 0.01, mean + 0.02, 3, 100)
-    return smollm2.TrendPoint("a", study, params, "fp32", d)
+    return smollm2.TrendPoint("a", study, params, "fp32", d, model=model)
+
+
+def test_tiny_lm_at_other_widths_keeps_its_shape():
+    """Width 128 is the shipped tiny-lm; other widths scale the MLP with it (2.75x)."""
+    config = json.loads((pretrain.ZOO_DIR / "tiny-lm" / "config.json").read_text())
+    assert {k: config[k] for k in pretrain.LM_SIZE} == pretrain.lm_size(128) == pretrain.LM_SIZE
+    assert pretrain.lm_size(64)["intermediate_size"] == 176
+    assert pretrain.lm_size(256)["intermediate_size"] == 704
+    assert (pretrain.lm_name(128), pretrain.lm_name(64)) == ("tiny-lm", "tiny-lm-w64")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        pretrain.lm_size(100)
+
+
+def test_pretrain_keep_leaves_a_pretrained_width_alone(tmp_path, capsys):
+    out = tmp_path / "w64"
+    out.mkdir()
+    (out / "card.json").write_text("{}")
+    assert pretrain.main(["lm", "--width", "64", "--out", str(out), "--keep"]) == 0
+    assert "kept" in capsys.readouterr().out and list(out.iterdir()) == [out / "card.json"]
+    with pytest.raises(SystemExit):
+        pretrain.main(["cnn", "--width", "64"])
+
+
+def test_a_width_not_pretrained_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTCOURSE_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="ftcourse pretrain lm --width 64"):
+        widths.model_folder("tiny-lm-w64")
+    with pytest.raises(KeyError, match="tiny-lm-w64"):
+        widths.model_folder("tiny-lm-w7")
+
+
+def test_the_widths_study_runs_chapter_4_and_5s_settings_at_every_width():
+    for model in widths.MODELS:
+        arms = [w["arm"] for w, _ in widths.GROUPS if w["model"] == model]
+        assert arms == list(widths.ARMS)
+    for where, s in widths.GROUPS:
+        method, _ = additive.parse_arm(where["arm"])
+        chapter = lora if method in lora.GRIDS else additive
+        base = chapter.setting(where["arm"])
+        assert (s.lrs, s.max_steps, s.batch_size) == (base.lrs, base.max_steps, base.batch_size)
+        assert s.seeds == widths.SEEDS
+    # every family of the trend and every rank of the curve has its arm at every width
+    arms = {a for fam in smollm2.FAMILIES.values() for a in fam.values()}
+    arms |= {f"lora {r}" for r in smollm2.RANK_SWEEPS["widths"]}
+    assert arms <= set(widths.ARMS)
+
+
+def test_sizes_put_each_width_on_its_side_of_tiny_lm():
+    names = [name for name, _, _ in smollm2.sizes("05")]
+    assert names.index("tiny-lm") > max(names.index(m) for m in widths.MODELS if "w64" in m)
+    assert names[-1] == "SmolLM2-135M"
+    assert [s for n, s, _ in smollm2.sizes("04") if n == "tiny-lm"] == ["04"]
+
+
+def test_size_list_names_each_model_once_smallest_first():
+    families = {
+        "a": [_point("widths", 460_000, -0.1, "tiny-lm-w64"), _point("04", 1_330_000, -0.05)],
+        "b": [_point("smollm2", 134_520_000, 0.0, "SmolLM2-135M")],
+    }
+    families["a"][1] = smollm2.TrendPoint(
+        "a", "04", 1_330_000, "fp32", families["a"][1].difference, model="tiny-lm"
+    )
+    assert smollm2.size_list(families) == (
+        "tiny-lm-w64 (0.46 M parameters), tiny-lm (1.3 M) and SmolLM2-135M (134.5 M)"
+    )
+    assert smollm2.size_list({}) == ""
 
 
 def test_size_trend_and_rank_curve_draw_each_point_with_its_interval():

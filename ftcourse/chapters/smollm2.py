@@ -231,25 +231,43 @@ _ = arm_claim  # the claims use the chapters' helper
 
 # --------------------------------------------------------------------------- the size trend
 
-# Per chapter, each PEFT family's arm in every study of a model size (smallest model first),
-# each compared with full fine-tuning in the same study: does the gap close as models grow?
-TRENDS: dict[str, dict[str, list[tuple[str, str]]]] = {
+# Per chapter, each PEFT family's arm, compared with full fine-tuning in the study of every
+# model size: does the gap close as models grow?
+FAMILIES: dict[str, dict[str, str]] = {
     "04": {
-        "adapters (bottleneck 32)": [("04", "adapter 32"), (STUDY, "adapter 32")],
-        "soft prompt (4 vectors)": [("04", "prompt 4"), (STUDY, "prompt 4")],
-        "head only": [("04", "head"), (STUDY, "head")],
+        "adapters (bottleneck 32)": "adapter 32",
+        "soft prompt (4 vectors)": "prompt 4",
+        "head only": "head",
     },
     "05": {
-        "LoRA on query + value, rank 1": [("05", "lora 1"), (STUDY, "lora 1")],
-        "LoRA on query + value, rank 16": [("05", "lora 16"), (STUDY, "lora 16")],
-        "LoRA on every linear layer, rank 3": [("05", "lora-all 3"), (STUDY, "lora-all 3")],
+        "LoRA on query + value, rank 1": "lora 1",
+        "LoRA on query + value, rank 16": "lora 16",
+        "LoRA on every linear layer, rank 3": "lora-all 3",
     },
 }
-# The LoRA ranks on query and value that each size's study ran (the rank curve).
-RANK_CURVES: dict[str, tuple[str, tuple[int, ...]]] = {
-    "tiny-lm": ("05", (1, 4, 16)),
-    "SmolLM2-135M": (STUDY, (1, 16)),
-}
+
+
+def sizes(chapter: str) -> list[tuple[str, str, dict[str, str]]]:
+    """The studies of each model size for chapter 4 or 5, smallest first: ``(name, study,
+    where)`` - tiny-lm's other widths (study ``widths``), tiny-lm (the chapter's own study)
+    and SmolLM2-135M (this study)."""
+    from ..pretrain import LM_WIDTH
+    from .widths import WIDTHS
+
+    def width(w: int) -> tuple[str, str, dict[str, str]]:
+        name = f"tiny-lm-w{w}"
+        return (name, "widths", {"model": name})
+
+    return [
+        *(width(w) for w in WIDTHS if w < LM_WIDTH),
+        ("tiny-lm", chapter, {}),
+        *(width(w) for w in WIDTHS if w > LM_WIDTH),
+        ("SmolLM2-135M", STUDY, {}),
+    ]
+
+
+# The LoRA ranks on query and value that each study ran (the rank curve).
+RANK_SWEEPS: dict[str, tuple[int, ...]] = {"widths": (1, 4, 16), "05": (1, 4, 16), STUDY: (1, 16)}
 
 
 @dataclass(frozen=True)
@@ -263,11 +281,14 @@ class TrendPoint:
     regime: str
     difference: studies.Difference
     budget_bound: bool = False  # the arm's best checkpoint was usually its last step
+    model: str = ""  # the model's name, as :func:`sizes` gives it
 
 
-def gap_to_full(study_name: str, arm: str) -> TrendPoint | None:
-    """``arm`` minus full fine-tuning in a stored study, in its regime closest to this
-    process; ``None`` while the study has no complete regime."""
+def gap_to_full(study_name: str, arm: str, name: str = "", **where: str) -> TrendPoint | None:
+    """``arm`` minus full fine-tuning in a stored study, for the model called ``name`` (by
+    default the study's name; ``where``: the model's key in a study of several, e.g.
+    ``model="tiny-lm-w64"`` in ``widths``), in the study's regime closest to this process;
+    ``None`` while the study has no complete regime."""
     from . import module_for
 
     module = module_for(study_name)
@@ -275,24 +296,35 @@ def gap_to_full(study_name: str, arm: str) -> TrendPoint | None:
     regime = studies.study_regime(module, stored)
     if regime is None:
         return None
-    a = stored.arm(regime, module.TUNING_SEEDS, arm=arm)
-    full = stored.arm(regime, module.TUNING_SEEDS, arm="full")
+    a = stored.arm(regime, module.TUNING_SEEDS, arm=arm, **where)
+    full = stored.arm(regime, module.TUNING_SEEDS, arm="full", **where)
     diff = studies.Difference.of(arm, "full fine-tuning", a.correct, full.correct)
     params = int(np.median(full.values("trainable")))
-    return TrendPoint(arm, study_name, params, regime, diff, a.hit_budget_rate > 0.5)
+    budget_bound = a.hit_budget_rate > 0.5
+    return TrendPoint(arm, study_name, params, regime, diff, budget_bound, name or study_name)
 
 
 def trend(chapter: str) -> dict[str, list[TrendPoint]]:
-    """Chapter 4's or 5's families (``TRENDS``), each a list of points by model size
-    (a study not stored yet is left out)."""
+    """Chapter 4's or 5's families (``FAMILIES``), each a list of points by model size
+    (:func:`sizes`; a study not stored yet is left out)."""
     out = {}
-    for family, arms in TRENDS[chapter].items():
-        points = [gap_to_full(s, a) for s, a in arms]
+    for family, arm in FAMILIES[chapter].items():
+        points = [gap_to_full(s, arm, name, **where) for name, s, where in sizes(chapter)]
         out[family] = [p for p in points if p is not None]
     return out
 
 
-SIZE_NAMES = {"04": "tiny-lm", "05": "tiny-lm", STUDY: "SmolLM2-135M"}
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}" if n < 1e6 else f"{n / 1e6:.1f}"
+
+
+def size_list(families: Mapping[str, Sequence[TrendPoint]]) -> str:
+    """The model sizes the trend has points for, smallest first: ``"tiny-lm-w64 (0.46 M
+    parameters), tiny-lm (1.3 M) and SmolLM2-135M (134.5 M)"``."""
+    found = sorted({(p.parameters, p.model) for points in families.values() for p in points})
+    names = [f"{m} ({_millions(n)} M{' parameters' if i == 0 else ''})" for i, (n, m) in
+             enumerate(found)]  # fmt: skip
+    return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1] if names else ""
 
 
 def trend_sentences(families: Mapping[str, Sequence[TrendPoint]]) -> str:
@@ -301,7 +333,7 @@ def trend_sentences(families: Mapping[str, Sequence[TrendPoint]]) -> str:
     lines = []
     for family, points in families.items():
         parts = [
-            f"{SIZE_NAMES.get(p.study, p.study)} ({p.parameters / 1e6:.1f} M, {p.regime}): "
+            f"{p.model or p.study} ({_millions(p.parameters)} M, {p.regime}): "
             f"{p.difference.sentence()}"
             + (
                 " (most of its runs were still improving at the budget's last step: a longer "
@@ -319,10 +351,11 @@ def rank_curves() -> dict[str, list[tuple[int, TrendPoint]]]:
     """Per model size, LoRA on query and value at each rank its study ran, minus full
     fine-tuning (the rank curve of chapter 5)."""
     out = {}
-    for model, (study_name, ranks) in RANK_CURVES.items():
-        points = [(r, gap_to_full(study_name, f"lora {r}")) for r in ranks]
+    for name, study_name, where in sizes("05"):
+        ranks = RANK_SWEEPS[study_name]
+        points = [(r, gap_to_full(study_name, f"lora {r}", name, **where)) for r in ranks]
         if all(p is not None for _, p in points):
-            out[model] = points
+            out[name] = points
     return out
 
 
