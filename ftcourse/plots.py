@@ -315,6 +315,49 @@ def study_vs_live(
     return fig
 
 
+def trials_vs_trainable(
+    families: Mapping[str, Sequence[tuple[str, Sequence[Any]]]],
+    levels: Mapping[str, Sequence[Any]],
+    total: int,
+    points: Mapping[str, Sequence[Any]] | None = None,
+    ax: plt.Axes | None = None,
+    title: str = "",
+) -> plt.Axes:
+    """This run's test accuracy (mean ± std over seeds) against the trainable fraction (the
+    median ``trainable`` over seeds / ``total``), from lists of
+    :class:`ftcourse.experiments.Trial`: one annotated line per family of sizes
+    (``families[name] = [(size label, trials), ...]``), one marker per arm of ``points``, and
+    a dashed level with its ± std band per arm of ``levels`` (full fine-tuning, the head
+    alone). Chapters 4 and 5."""
+    from .experiments import mean_std, values
+
+    ax = _axes(ax, title)
+
+    def at(trials: Sequence[Any]) -> tuple[float, float, float]:
+        return (float(np.median(values(trials, "trainable"))) / total, *mean_std(trials))
+
+    colour = 0
+    for name, sized in families.items():
+        xs, ms, sds = zip(*(at(trials) for _, trials in sized), strict=True)
+        ax.errorbar(xs, ms, yerr=sds, fmt="o-", color=f"C{colour}", capsize=3, label=name)
+        for (label, _), x, m in zip(sized, xs, ms, strict=True):
+            ax.annotate(label, (x, m), textcoords="offset points", xytext=(4, 4),
+                        fontsize=10, color=f"C{colour}")  # fmt: skip
+        colour += 1
+    for (name, trials), marker in zip((points or {}).items(), "sDv^", strict=False):
+        x, m, sd = at(trials)
+        ax.errorbar([x], [m], yerr=[sd], fmt=marker, color=f"C{colour}", capsize=3, label=name)
+        colour += 1
+    for name, trials in levels.items():
+        x, m, sd = at(trials)
+        ax.axhspan(m - sd, m + sd, color=f"C{colour}", alpha=0.15)
+        ax.axhline(m, color=f"C{colour}", ls="--", label=f"{name} ({x:.1%} trained)")
+        colour += 1
+    ax.set_xscale("log")
+    ax.set(xlabel="trainable fraction of the classifier's parameters", ylabel="test accuracy")
+    return ax
+
+
 def _gap_errorbar(ax: plt.Axes, xs: Sequence[float], ds: Sequence[Any], i: int, label: str) -> None:
     """Differences (``mean``, ``low``, ``high``) at ``xs`` with their intervals, colour ``C{i}``."""
     ax.errorbar(

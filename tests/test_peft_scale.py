@@ -179,3 +179,26 @@ def test_memory_summary_is_generated_from_the_stored_rows(tmp_path, monkeypatch)
     assert text.count("3.0 GiB of its 4.0 GiB peak (75%)") == 2
     assert text.count("(4.0× less)") == 2
     assert smollm2.memory_summary("adapter 32") == ""
+
+
+def _trials(accs, trainable):
+    from ftcourse.experiments import Trial
+
+    return [Trial("a", s, 0.01, 1, 2, 0.0, a, a, trainable, None) for s, a in enumerate(accs)]
+
+
+def test_trials_vs_trainable_puts_each_arm_at_its_fraction_and_mean():
+    ax = plots.trials_vs_trainable(
+        {"adapters": [("2", _trials([0.5, 0.7], 10)), ("8", _trials([0.6, 0.8], 40))]},
+        levels={"full": _trials([0.9, 0.9], 1000)},
+        total=1000,
+        points={"other": _trials([0.4], 100)},
+    )
+    (line,) = [c.lines[0] for c in ax.containers if c.get_label() == "adapters"]
+    assert list(line.get_xdata()) == [0.01, 0.04]
+    assert list(line.get_ydata()) == pytest.approx([0.6, 0.7])
+    (point,) = [c.lines[0] for c in ax.containers if c.get_label() == "other"]
+    assert list(point.get_xdata()) == [0.1] and list(point.get_ydata()) == [0.4]
+    (level,) = [x for x in ax.get_lines() if x.get_label().startswith("full")]
+    assert level.get_label() == "full (100.0% trained)" and level.get_ydata()[0] == 0.9
+    assert [t.get_text() for t in ax.texts] == ["2", "8"]
