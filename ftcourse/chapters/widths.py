@@ -9,15 +9,18 @@ functions (:func:`ftcourse.chapters.additive.run_trial`), with chapter 4's budge
 
 Cheaper than studies 04 and 05 (sized to fit beside them in one session of 2 cores): the rate
 is chosen on seed 0's validation split (a three-point grid, extended past an edge choice) and
-``SEEDS`` runs at it. The points feed :func:`ftcourse.chapters.smollm2.trend` and
-:func:`~ftcourse.chapters.smollm2.rank_curves`; this study makes no claims of its own. Run it
-with ``ftcourse study widths --regime native`` after pretraining each width.
+``SEEDS`` runs at it. Each width's pretraining card (recipe, held-out loss, machine) is kept
+beside the rows, as ``<model>.card.json`` in the study's folder. The points feed
+:func:`ftcourse.chapters.smollm2.trend` and :func:`~ftcourse.chapters.smollm2.rank_curves`;
+this study makes no claims of its own. Run it with ``ftcourse study widths --regime native``
+after pretraining each width (``make studies`` does both).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,9 +98,19 @@ def task(model: str) -> TextTask:
     )
 
 
+@functools.cache
+def keep_card(model: str) -> Path:
+    """Copy ``model``'s pretraining card beside the study's rows (once per process)."""
+    out = studies.study_dir(STUDY) / f"{model}.card.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_folder(model) / "card.json", out)
+    return out
+
+
 def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
     """Train and test one run: one width, one arm, one seed, one learning rate."""
     s = setting(spec["arm"])
+    keep_card(spec["model"])
     model = str(model_folder(spec["model"]))
     trial = run_trial(
         spec["arm"], int(spec["seed"]), float(spec["lr"]), s, device, lora.ALPHA, model,
