@@ -26,6 +26,7 @@ from ftcourse.chapters import (
     pretraining,
     quickstart,
     smollm2,
+    widths,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,7 @@ CHAPTERS = {
     "04": additive,
     "05": lora,
     "smollm2": smollm2,
+    "widths": widths,
 }
 
 
