@@ -34,7 +34,7 @@ RANKS = (1, 4, 16)
 PLACEMENT = ("lora-all 3", "lora 16")  # 7,392 and 8,192 LoRA parameters per block of tiny-lm
 QLORA_RANK = 4
 ALPHA = 8.0  # scale alpha / r, as chapter 5's profile
-REQUIRED_REGIMES = ("fp32",)  # run on an AMD Zen 4 (native bf16) in fp32; native: still to run
+REQUIRED_REGIMES = ("fp32", "native")  # both on an AMD Zen 4 (native bf16); avx2: still to run
 
 ARMS = (*(f"lora {r}" for r in RANKS), PLACEMENT[0], f"qlora {QLORA_RANK}")
 # Full fine-tuning is study 04's arm: the same task, budget, grid and seeds, so the same runs.
