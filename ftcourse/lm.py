@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .precision import autocast
 from .train import (
-    Curve,
+    Checkpoints,
     adamw_cosine,
     clipped_step,
     cosine_schedule,
@@ -620,20 +620,8 @@ def sft(
     if not params:
         raise ValueError("the model has no trainable parameters")
     optimizer, scheduler = adamw_cosine(params, lr, max_steps, weight_decay)
-    curve, best_state, seconds, losses = Curve(lr=lr), None, 0.0, []
-
-    def checkpoint(step: int) -> None:
-        nonlocal best_state
-        score = answer_accuracy(model, tokenizer, val_set)
-        curve.step.append(step)
-        curve.val_acc.append(score)
-        curve.seconds.append(seconds)
-        curve.train_loss.append(sum(losses[-eval_every:]) / len(losses[-eval_every:]))
-        if not score <= curve.best_val_acc:  # also true for the first (best is nan)
-            curve.best_step, curve.best_val_acc = step, score
-            if restore_best:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
+    checkpoints = Checkpoints(model, lr, patience=patience, restore_best=restore_best)
+    seconds, losses, step = 0.0, [], 0
     for step, index in shuffled_batches(
         len(train_set), batch_size, max_steps, generator, progress, "sft"
     ):
@@ -646,13 +634,14 @@ def sft(
         clipped_step(loss, optimizer, params, scheduler)
         losses.append(loss.item())
         seconds += time.perf_counter() - start
-        curve.steps_run = step
         if val_set and (step % eval_every == 0 or step == max_steps):
-            checkpoint(step)
-            if patience is not None and step - curve.best_step >= patience:
+            score = answer_accuracy(model, tokenizer, val_set)
+            recent = losses[-eval_every:]
+            if checkpoints.record(
+                step, score, seconds=seconds, train_loss=sum(recent) / len(recent)
+            ):
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    curve = checkpoints.finish(steps_run=step)
     model.eval()
     return curve
 

@@ -109,6 +109,71 @@ class Curve:
         return None
 
 
+class Checkpoints:
+    """Choose a run's length on validation: each checkpoint's score goes into a
+    :class:`Curve`, the best weights are kept (BatchNorm statistics included), ``patience``
+    says when to stop, and :meth:`finish` puts the best weights back.
+
+    The one validation-checkpoint loop of :func:`fit_steps` (chapter 0), :func:`ftcourse.lm.sft`
+    (chapter 6) and :func:`ftcourse.align.reward.train_reward_model` (chapter 7)::
+
+        checkpoints = Checkpoints(model, lr, patience=50)
+        for step in ...:
+            ...  # one training step
+            if step % eval_every == 0 and checkpoints.record(step, score, seconds=s, train_loss=l):
+                break  # patience steps without a better score
+        curve = checkpoints.finish(steps_run=step)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        *,
+        patience: int | None = None,
+        restore_best: bool = True,
+    ) -> None:
+        self.model, self.patience, self.restore_best = model, patience, restore_best
+        self.curve = Curve(lr=lr)
+        self._best_state: dict | None = None
+
+    def record(
+        self,
+        step: int,
+        score: float,
+        *,
+        seconds: float,
+        train_loss: float,
+        train_acc: float | None = None,
+    ) -> bool:
+        """Add the checkpoint at ``step`` (``seconds``: training time so far; ``train_loss``,
+        ``train_acc``: since the last checkpoint); keep its weights if its score is the best
+        so far (ties keep the earlier, shorter run). Returns True when ``patience`` steps have
+        passed without a better score."""
+        curve = self.curve
+        curve.step.append(step)
+        curve.val_acc.append(score)
+        curve.seconds.append(seconds)
+        curve.train_loss.append(train_loss)
+        if train_acc is not None:
+            curve.train_acc.append(train_acc)
+        if not score <= curve.best_val_acc:  # also true for the first checkpoint (nan)
+            curve.best_step, curve.best_val_acc = step, score
+            if self.restore_best:
+                self._best_state = {
+                    k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                    for k, v in self.model.state_dict().items()
+                }
+        return self.patience is not None and step - curve.best_step >= self.patience
+
+    def finish(self, steps_run: int) -> Curve:
+        """The curve, with ``steps_run`` set; the model gets its best weights back."""
+        self.curve.steps_run = steps_run
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        return self.curve
+
+
 def _batches(data: Dataset | DataLoader, batch_size: int = 512) -> DataLoader:
     return data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
 
@@ -466,8 +531,8 @@ def fit_steps(
         generator=generator,
         drop_last=drop_last and len(train_set) >= batch_size,
     )
-    curve = Curve(lr=lr)
-    best_state = None
+    checkpoints = Checkpoints(model, lr, patience=patience, restore_best=restore_best)
+    curve = checkpoints.curve
     train_seconds = loss_sum = correct = seen = 0.0
     label = progress if isinstance(progress, str) else f"lr {lr:g}"
     bar = tqdm(total=max_steps, desc=label, disable=not show_progress(progress), leave=False)
@@ -484,23 +549,19 @@ def fit_steps(
         if step % eval_every and step != max_steps:
             continue
         acc = evaluate(model, val_set, device)
-        curve.step.append(step)
-        curve.val_acc.append(acc)
-        curve.train_loss.append(loss_sum / seen)
-        curve.train_acc.append(correct / seen)
-        curve.seconds.append(train_seconds)
+        stop = checkpoints.record(
+            step,
+            acc,
+            seconds=train_seconds,
+            train_loss=loss_sum / seen,
+            train_acc=correct / seen,
+        )
         loss_sum = correct = seen = 0.0
-        if not acc <= curve.best_val_acc:  # also true for the first checkpoint (nan)
-            curve.best_step, curve.best_val_acc = step, acc
-            if restore_best:
-                best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(val=f"{acc:.3f}", best=f"{curve.best_val_acc:.3f}@{curve.best_step}")
-        if patience is not None and step - curve.best_step >= patience:
+        if stop:
             break
     bar.close()
-    curve.steps_run = step
-    if restore_best and best_state is not None:
-        model.load_state_dict(best_state)
+    checkpoints.finish(steps_run=step)
     if math.isnan(curve.best_val_acc):
         raise RuntimeError("no validation checkpoint was taken")
     return curve

@@ -121,6 +121,38 @@ def test_fit_steps_keeps_the_best_checkpoint_and_stops_on_patience():
     assert curve.reached(1.01) is None
 
 
+def test_checkpoints_keep_the_best_weights_and_stop_on_patience():
+    """The one validation-checkpoint helper of fit_steps, lm.sft and the reward model."""
+    from ftcourse.train import Checkpoints
+
+    model = torch.nn.BatchNorm1d(2)  # a buffer too: running statistics come back as well
+    checkpoints = Checkpoints(model, lr=0.1, patience=2)
+    scores = {1: 0.5, 2: 0.7, 3: 0.7, 4: 0.6}  # the tie at step 3 keeps step 2
+    stops = []
+    for step, score in scores.items():
+        with torch.no_grad():
+            model.weight.fill_(step)
+            model.running_mean.fill_(step)
+        stops.append(checkpoints.record(step, score, seconds=step * 1.5, train_loss=1 / step))
+    assert stops == [False, False, False, True]  # 2 steps past the best (step 2)
+    curve = checkpoints.finish(steps_run=4)
+    assert (curve.best_step, curve.best_val_acc, curve.steps_run) == (2, 0.7, 4)
+    assert curve.step == [1, 2, 3, 4] and curve.val_acc == list(scores.values())
+    assert curve.seconds == [1.5, 3.0, 4.5, 6.0] and curve.train_acc == []
+    assert model.weight.tolist() == [2.0, 2.0] and model.running_mean.tolist() == [2.0, 2.0]
+    assert curve.best_seconds == 3.0
+
+    kept = torch.nn.Linear(1, 1)
+    last = kept.weight.detach().clone()
+    no_restore = Checkpoints(kept, lr=0.1, restore_best=False)  # never stops, keeps the last
+    assert not no_restore.record(1, 0.9, seconds=1.0, train_loss=0.0, train_acc=1.0)
+    with torch.no_grad():
+        kept.weight.add_(1.0)
+    assert not no_restore.record(2, 0.1, seconds=2.0, train_loss=0.0, train_acc=1.0)
+    assert no_restore.finish(steps_run=2).train_acc == [1.0, 1.0]
+    assert torch.equal(kept.weight, last + 1.0)
+
+
 def test_cosine_schedule_warms_up_and_ends_at_zero():
     from ftcourse.train import cosine_schedule
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .. import lm
 from ..precision import autocast
-from ..train import Curve, adamw_cosine, clipped_step, shuffled_batches
+from ..train import Checkpoints, Curve, adamw_cosine, clipped_step, shuffled_batches
 from .feedback import Preference
 
 
@@ -117,7 +117,8 @@ def train_reward_model(
         raise ValueError("no preference pairs")
     device = next(model.parameters()).device
     optimizer, scheduler = adamw_cosine(model.parameters(), lr, max_steps)
-    curve, best, seconds, losses = Curve(lr=lr), None, 0.0, []
+    checkpoints = Checkpoints(model, lr)
+    seconds, losses, step = 0.0, [], 0
     for step, index in shuffled_batches(
         len(pairs), batch_size, max_steps, generator, progress, "reward model"
     ):
@@ -133,17 +134,14 @@ def train_reward_model(
         clipped_step(loss, optimizer, model.parameters(), scheduler)
         losses.append(loss.item())
         seconds += time.perf_counter() - start
-        curve.steps_run = step
         if val_pairs and (step % eval_every == 0 or step == max_steps):
-            acc = pairwise_accuracy(model, tokenizer, val_pairs)
-            curve.step.append(step)
-            curve.val_acc.append(acc)
-            curve.seconds.append(seconds)
-            curve.train_loss.append(sum(losses[-eval_every:]) / len(losses[-eval_every:]))
-            if not acc <= curve.best_val_acc:
-                curve.best_step, curve.best_val_acc = step, acc
-                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if best is not None:
-        model.load_state_dict(best)
+            recent = losses[-eval_every:]
+            checkpoints.record(
+                step,
+                pairwise_accuracy(model, tokenizer, val_pairs),
+                seconds=seconds,
+                train_loss=sum(recent) / len(recent),
+            )
+    curve = checkpoints.finish(steps_run=step)
     model.eval()
     return curve
