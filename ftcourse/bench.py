@@ -15,12 +15,24 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 RUNTIMES_CSV = "notebook_runtimes.csv"
-RUNTIME_FIELDS = ("notebook", "profile", "seconds", "cpu", "native_bf16", "fp32_gflops", "date")
+RUNTIME_FIELDS = (
+    "notebook",
+    "profile",
+    "seconds",
+    "cpu",
+    "native_bf16",
+    "fp32_gflops",
+    "date",
+    "precision",
+)
+"""``native_bf16``: whether the CPU has it; ``precision``: what the run used
+(:func:`ftcourse.precision.describe`: ``bf16 autocast`` or ``fp32``), which differs from the
+CPU's default under ``FTCOURSE_PRECISION``. Rows from before the column read as the default."""
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """The runs of one notebook in one profile on one CPU."""
+    """The runs of one notebook in one profile on one CPU in one precision."""
 
     notebook: str
     profile: str
@@ -28,6 +40,15 @@ class Runtime:
     native_bf16: bool
     fp32_gflops: float
     seconds: tuple[float, ...]
+    precision: str = ""
+
+    @property
+    def numerics(self) -> str:
+        """``native bf16``, ``no native bf16``, or either with the precision forced on it
+        (``native bf16, run in fp32``)."""
+        native = "native bf16" if self.native_bf16 else "no native bf16"
+        default = "bf16 autocast" if self.native_bf16 else "fp32"
+        return native if self.precision in ("", default) else f"{native}, run in {self.precision}"
 
     @property
     def text(self) -> str:
@@ -44,17 +65,21 @@ def runtimes(folder: Path | None = None) -> list[Runtime]:
     groups: dict[tuple, list[dict]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            groups.setdefault((row["notebook"], row["profile"], row["cpu"]), []).append(row)
+            native = row["native_bf16"] == "True"
+            used = row.get("precision") or ("bf16 autocast" if native else "fp32")
+            key = (row["notebook"], row["profile"], row["cpu"], native, used)
+            groups.setdefault(key, []).append(row)
     out = []
-    for (notebook, profile, cpu), rows in groups.items():
+    for (notebook, profile, cpu, native, used), rows in groups.items():
         out.append(
             Runtime(
                 notebook=notebook,
                 profile=profile,
                 cpu=cpu,
-                native_bf16=rows[-1]["native_bf16"] == "True",
+                native_bf16=native,
                 fp32_gflops=statistics.median(float(r["fp32_gflops"]) for r in rows),
                 seconds=tuple(float(r["seconds"]) for r in rows),
+                precision=used,
             )
         )
     return out
@@ -65,15 +90,15 @@ def runtime_line(notebook: str, folder: Path | None = None) -> str:
     found = [r for r in runtimes(folder) if r.notebook == notebook]
     if not found:
         return "not measured yet on any machine (run `make bench`)."
-    by_cpu: dict[tuple[str, bool], list[Runtime]] = {}
+    by_cpu: dict[tuple[str, str], list[Runtime]] = {}
     for r in found:
-        by_cpu.setdefault((r.cpu, r.native_bf16), []).append(r)
+        by_cpu.setdefault((r.cpu, r.numerics), []).append(r)
     parts = []
     order = {"smoke": 0, "cpu": 1, "gpu": 2}
-    for (cpu, bf16), rs in by_cpu.items():
+    for (cpu, numerics), rs in by_cpu.items():
         rs.sort(key=lambda r: order.get(r.profile, 9))
         each = ", ".join(f"`{r.profile}` {r.text}" for r in rs)
-        parts.append(f"{each} on {cpu} ({'native bf16' if bf16 else 'no native bf16'})")
+        parts.append(f"{each} on {cpu} ({numerics})")
     return "; ".join(parts) + ", measured by `make bench`."
 
 
@@ -90,12 +115,16 @@ def expected_runtimes(
     cpu_runs = [r for r in runtimes(folder) if r.profile == "cpu"]
     if not cpu_runs:
         return ["book runtime  not measured yet (make bench)"]
-    by_cpu: dict[str, list[Runtime]] = {}
+    by_cpu: dict[str, list[Runtime]] = {}  # one CPU in one precision: one set of notebooks
     for r in cpu_runs:
-        by_cpu.setdefault(r.cpu, []).append(r)
+        by_cpu.setdefault(f"{r.cpu} ({r.numerics})", []).append(r)
     cpu, rs = max(
         by_cpu.items(),
-        key=lambda item: (item[1][0].native_bf16 == native_bf16, len(item[1])),
+        key=lambda item: (
+            item[1][0].native_bf16 == native_bf16,
+            item[1][0].numerics in ("native bf16", "no native bf16"),  # the CPU's default
+            len(item[1]),
+        ),
     )
     measured = sum(statistics.median(r.seconds) for r in rs)
     reference = statistics.median(r.fp32_gflops for r in rs)

@@ -147,3 +147,21 @@ def test_expected_runtime_prefers_a_cpu_like_this_one(tmp_path):
     _write(tmp_path, [fast, slow, dict(fast, notebook="01_y")])
     assert "AVX2 CPU" in bench.expected_runtimes(100, tmp_path, native_bf16=False)[0]
     assert "BF16 CPU" in bench.expected_runtimes(100, tmp_path, native_bf16=True)[0]
+
+
+def test_a_run_in_forced_fp32_is_its_own_group(tmp_path):
+    """FTCOURSE_PRECISION=fp32 on a bf16 CPU is another regime: its runs are not pooled with
+    the CPU's native runs, and the line says which precision ran."""
+    native = dict(_row("00_x", "cpu", "100", cpu="BF16 CPU"), native_bf16="True")
+    forced = dict(native, seconds="180", precision="fp32")
+    old = dict(native, notebook="01_y")  # a row from before the column: the CPU's default
+    _write(tmp_path, [native, forced, dict(forced, notebook="01_y"), old])
+    groups = {(r.notebook, r.precision): r for r in bench.runtimes(tmp_path)}
+    assert groups["00_x", "bf16 autocast"].seconds == (100.0,)
+    assert groups["00_x", "fp32"].seconds == (180.0,)
+    assert groups["01_y", "bf16 autocast"].numerics == "native bf16"
+    line = bench.runtime_line("00_x", tmp_path)
+    assert "`cpu` 100 s (1 run) on BF16 CPU (native bf16)" in line
+    assert "`cpu` 180 s (1 run) on BF16 CPU (native bf16, run in fp32)" in line
+    # the estimate sums one set of notebooks, in the CPU's default precision
+    assert "2 notebooks in `cpu`: 3.3 min" in bench.expected_runtimes(100, tmp_path, True)[0]
