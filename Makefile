@@ -23,7 +23,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 FTCOURSE_OFFLINE=1 TRANSFORMER
 # Executed notebooks (tests, book, `make run`) store no progress bars.
 BATCH := $(OFFLINE) FTCOURSE_PROGRESS=0 TQDM_DISABLE=1
 
-.PHONY: setup browser test site-test book lab run doctor lint bench select-lr studies clean help
+.PHONY: setup browser test site-test book lab run doctor lint bench bench-distributed select-lr studies clean help
 
 help:
 	@echo "make book    build the website (executes every notebook in the cpu profile)"
@@ -104,6 +104,10 @@ lint: setup
 # an otherwise idle machine: a second torch process on two cores ruins every timing.
 bench: setup
 	$(BATCH) $(PY) benchmarks/run.py all --profiles $(BENCH_PROFILES)
+
+# Appendix B1: one and two processes with DDP, FSDP2 and Accelerate (about 5 minutes).
+bench-distributed: setup
+	$(BATCH) $(PY) benchmarks/distributed.py
 
 # Reference studies: resumable (each finished run is stored at once), so an interrupted
 # `make studies` goes on where it stopped. Each regime runs in its own process.

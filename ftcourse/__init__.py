@@ -21,6 +21,8 @@ them:
 * :mod:`ftcourse.align` - RLHF step by step: feedback, reward model, PPO, DPO (chapter 7)
 * :mod:`ftcourse.semi` - semi-supervised fine-tuning (chapter 8)
 * :mod:`ftcourse.memory` - parameter counts and memory, measured and estimated (chapter 4)
+* :mod:`ftcourse.distributed` - chapters 5 and 6's jobs on several processes: DDP, FSDP2 and
+  Accelerate (appendix B1); ``ftcourse/configs`` holds Accelerate's config
 * :mod:`ftcourse.report` - recorded measurements, invariants and findings
 * :mod:`ftcourse.plots` - the book's plot types
 * :mod:`ftcourse.bench` - measured runtimes, read back

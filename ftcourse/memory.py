@@ -58,9 +58,17 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return total
 
 
+def local(t: Tensor) -> Tensor:
+    """The part of ``t`` this process holds: a sharded ``DTensor``'s local shard (FSDP2,
+    appendix B1), else ``t`` itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
 def parameter_bytes(model: nn.Module) -> int:
-    """Bytes taken by the model's parameters and buffers in their current dtypes."""
-    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    """Bytes taken by the model's parameters and buffers in their current dtypes (sharded
+    ones: this process's shards)."""
+    tensors = {id(t): local(t) for t in list(model.parameters()) + list(model.buffers())}
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
@@ -69,9 +77,10 @@ def _storage_key(t: Tensor) -> int:
 
 
 def tensor_bytes(tensors: Iterable[Tensor]) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (views and shared tensors count once)."""
+    """Bytes of the distinct storages behind ``tensors`` (views and shared tensors count once;
+    sharded ones: this process's shards)."""
     storages: dict[int, int] = {}
-    for t in tensors:
+    for t in map(local, tensors):
         storages[_storage_key(t)] = t.untyped_storage().nbytes()
     return sum(storages.values())
 

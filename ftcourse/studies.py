@@ -355,7 +355,8 @@ def _append_unlocked(path: Path, row: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- provenance
 
 
-def _commit() -> str:
+def git_commit() -> str:
+    """The commit of this checkout (short hash, "+local changes" when ftcourse/ differs)."""
     try:
         out = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -471,7 +472,7 @@ def run(
         "id": f"{regime}-{uuid.uuid4().hex[:12]}",
         "regime": regime,
         **here,
-        "commit": _commit(),
+        "commit": git_commit(),
         "command": " ".join(
             ["ftcourse study", module.STUDY, "--regime", regime]
             + (["--arms", ",".join(arms)] if arms else [])
