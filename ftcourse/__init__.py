@@ -22,7 +22,8 @@ them:
 * :mod:`ftcourse.semi` - semi-supervised fine-tuning (chapter 8)
 * :mod:`ftcourse.memory` - parameter counts and memory, measured and estimated (chapter 4)
 * :mod:`ftcourse.distributed` - chapters 5 and 6's jobs on several processes: DDP, FSDP2 and
-  Accelerate (appendix B1); ``ftcourse/configs`` holds Accelerate's config
+  Accelerate (appendix B1); ``ftcourse/configs`` holds Accelerate's configs (read from the
+  checkout: ``make setup`` installs the package editable)
 * :mod:`ftcourse.report` - recorded measurements, invariants and findings
 * :mod:`ftcourse.plots` - the book's plot types
 * :mod:`ftcourse.bench` - measured runtimes, read back
