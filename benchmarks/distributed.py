@@ -40,6 +40,7 @@ RUNS = [
     ("sft", "accelerate", 2, 1, distributed.ACCELERATE_FSDP_CONFIG),
     ("lora", "single", 1, 2, None),
     ("lora", "ddp", 2, 1, None),
+    ("lora", "fsdp2", 2, 1, None),  # frozen and trainable weights in one shard group
 ]
 
 

@@ -24,6 +24,7 @@ loads back to the same model, and that a seed makes a run repeat exactly.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -96,8 +97,6 @@ def sft_job(seed: int = 0) -> Job:
 
     base, tok = additive.base_model()
     pairs = [(i.prompt, i.answer) for i in text.instruction_items("train")]
-    import copy
-
     model = copy.deepcopy(base).train()
     lm.reinit_chat_tokens(model, tok, seed)
 
@@ -107,21 +106,8 @@ def sft_job(seed: int = 0) -> Job:
 
     def loss(net: nn.Module, items: list[int], units: int) -> Tensor:
         batch = lm.collate(tok, [pairs[i] for i in items])
-        device = _device(net)
-        with precision.autocast(device):
-            logits = net(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-            ).logits
-        return (
-            nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                batch["labels"][:, 1:].reshape(-1).to(device),
-                ignore_index=lm.IGNORE,
-                reduction="sum",
-            )
-            / units
-        )
+        with precision.autocast(_device(net)):
+            return lm.next_token_loss(net, **batch, reduction="sum") / units
 
     return Job("sft", model, len(pairs), loss, labelled, lambda m: list(m.model.layers), "tokens")
 

@@ -371,12 +371,14 @@ def next_token_loss(
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     labels: Tensor | None = None,
+    reduction: str = "mean",
 ) -> Tensor:
     """Mean next-token cross-entropy over the labelled positions (a scalar with gradient).
 
     ``input_ids``, ``attention_mask`` and ``labels`` are ``[B, T]``; ``labels`` defaults to
     the ids (every token counts). The logits at position ``t`` are scored against
-    ``labels[:, t + 1]``; positions labelled ``IGNORE`` take no loss.
+    ``labels[:, t + 1]``; positions labelled ``IGNORE`` take no loss. ``reduction="sum"``
+    sums instead (appendix B1 divides by the labelled tokens of the whole global batch).
     """
     device = _device(model)
     input_ids = input_ids.to(device)
@@ -387,6 +389,7 @@ def next_token_loss(
         logits[:, :-1].float().reshape(-1, logits.shape[-1]),
         labels[:, 1:].reshape(-1),
         ignore_index=IGNORE,
+        reduction=reduction,
     )
 
 
