@@ -245,6 +245,8 @@ def train(
     saves a sharded checkpoint there and checks that it loads back."""
     if job_name not in JOBS or engine not in ENGINES:
         raise ValueError(f"job must be one of {JOBS} and engine one of {ENGINES}")
+    if checkpoint is not None and engine != "fsdp2":
+        raise ValueError("checkpoint: a sharded checkpoint is FSDP2's (engine fsdp2)")
     if engine != "single" and "RANK" not in os.environ:
         raise RuntimeError(
             f"engine {engine!r} needs several processes: start it with torchrun "
@@ -297,8 +299,6 @@ def train(
     result.wrapped = type(model).__name__
     result.precision = precision.describe(device)
     if checkpoint is not None:
-        if engine != "fsdp2":
-            raise ValueError("checkpoint: a sharded checkpoint is FSDP2's (engine fsdp2)")
         result.checkpoint_max_diff = _checkpoint_roundtrip(model, job_name, seed, checkpoint)
     state = full_state(model, engine)
     if out is not None and rank == 0:

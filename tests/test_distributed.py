@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,5 +126,7 @@ def test_bad_input_is_refused():
         distributed.train("sft", "zero3")
     with pytest.raises(RuntimeError, match="torchrun"):
         distributed.train("sft", "ddp")
+    with pytest.raises(ValueError, match="FSDP2"):
+        distributed.train("sft", checkpoint=Path("unused"))
     with pytest.raises(SystemExit):
         distributed.main(["--steps", "0"])
