@@ -105,7 +105,7 @@ lint: setup
 bench: setup
 	$(BATCH) $(PY) benchmarks/run.py all --profiles $(BENCH_PROFILES)
 
-# Appendix B1: one and two processes with DDP, FSDP2 and Accelerate (about 5 minutes).
+# Appendix B1: one and two processes with DDP, FSDP2 and Accelerate (about 3 minutes).
 bench-distributed: setup
 	$(BATCH) $(PY) benchmarks/distributed.py
 

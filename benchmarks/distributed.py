@@ -5,7 +5,7 @@ Per run: the training throughput (steps only, start-up excluded), each process's
 gradients and Adam state (the chapter-4 tools, which count a sharded tensor's local shard),
 what the engine made of the model, and the first and last loss. Writes
 ``benchmarks/results/distributed.csv`` and the page's table ``book/_distributed.md``.
-Run it on an otherwise idle machine (``make bench-distributed``, about 5 minutes on 2 cores):
+Run it on an otherwise idle machine (``make bench-distributed``, about 3 minutes on 2 cores):
 two processes on two cores leave no core for anything else.
 """
 
@@ -134,7 +134,7 @@ def write_table(rows: list[dict]) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--page-only", action="store_true", help="rewrite the table from CSV")
     args = parser.parse_args()

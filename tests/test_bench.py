@@ -165,3 +165,27 @@ def test_a_run_in_forced_fp32_is_its_own_group(tmp_path):
     assert "`cpu` 180 s (1 run) on BF16 CPU (native bf16, run in fp32)" in line
     # the estimate sums one set of notebooks, in the CPU's default precision
     assert "2 notebooks in `cpu`: 3.3 min" in bench.expected_runtimes(100, tmp_path, True)[0]
+
+
+def test_the_stored_distributed_measurements_say_what_appendix_b1_reads_in_them():
+    """book/distributed.md reads four things in benchmarks/results/distributed.csv: DDP keeps
+    a whole copy per process, FSDP2 halves each process's weights, gradients and Adam state
+    and is the slowest engine here, and Accelerate's FSDP config runs as DDP on a CPU."""
+    with open(bench.RESULTS_DIR / "distributed.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    kinds = ("weights_per_process", "gradients_per_process", "optimizer_per_process")
+    for job in ("sft", "lora"):
+        mine = [r for r in rows if r["job"] == job]
+        single = next(r for r in mine if r["engine"] == "single")
+        ddp = next(r for r in mine if r["engine"] == "ddp")
+        fsdp2 = next(r for r in mine if r["engine"] == "fsdp2")
+        assert int(ddp["processes"]) == int(fsdp2["processes"]) == 2
+        for kind in kinds:
+            assert ddp[kind] == single[kind], (job, kind)
+            assert int(fsdp2[kind]) == pytest.approx(int(single[kind]) / 2, rel=0.01), (job, kind)
+        assert fsdp2["wrapped"].startswith("FSDP") and ddp["wrapped"] == "DistributedDataParallel"
+        speed = {r["engine"]: float(r["units_per_second"]) for r in mine if r["engine"] != "single"}
+        assert min(speed, key=speed.get) == "fsdp2", speed  # "sharding buys memory, not speed"
+    accelerate = [r for r in rows if r["engine"] == "accelerate"]
+    assert {r["config"] for r in accelerate} == {"accelerate_cpu.yaml", "accelerate_fsdp.yaml"}
+    assert all(r["wrapped"] == "DistributedDataParallel" for r in accelerate)
