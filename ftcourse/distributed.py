@@ -45,7 +45,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 ACCELERATE_CONFIG = CONFIGS / "accelerate_cpu.yaml"
 """``accelerate launch --config_file`` for two processes on one machine's CPU (DDP)."""
 ACCELERATE_FSDP_CONFIG = CONFIGS / "accelerate_fsdp.yaml"
-"""Accelerate's FSDP2 config, for GPUs: on a CPU Accelerate runs it as DDP."""
+"""Accelerate's FSDP2 config for the GPUs of one machine (on a CPU it runs as DDP)."""
 
 
 @dataclass
