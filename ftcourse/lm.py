@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -452,8 +453,17 @@ def generate(
 
 
 @torch.no_grad()
-def _new_tokens(model, tokenizer, prompts, chat, max_new_tokens, seed, batch_size, **sampling):
-    """The generated token ids of each prompt (left-padded batches), pads and all."""
+def newline_token_ids(tokenizer) -> list[int]:
+    """The ids of every token that holds a line break (byte-level BPE writes it ``Ċ``)."""
+    vocab = tokenizer.get_vocab()
+    return sorted(i for t, i in vocab.items() if "\n" in tokenizer.convert_tokens_to_string([t]))
+
+
+def _new_tokens(
+    model, tokenizer, prompts, chat, max_new_tokens, seed, batch_size, stops=None, **sampling
+):
+    """The generated token ids of each prompt (left-padded batches), pads and all.
+    Generation stops at ``stops`` (default: :func:`stop_token_ids`)."""
     model.eval()
     device = _device(model)
     if chat:
@@ -470,7 +480,7 @@ def _new_tokens(model, tokenizer, prompts, chat, max_new_tokens, seed, batch_siz
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
-            eos_token_id=stop_token_ids(tokenizer),
+            eos_token_id=stops or stop_token_ids(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
             **sampling,
         )
@@ -500,6 +510,59 @@ def stopped(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens:
     """Share of greedy answers that end with the chat's end token before ``max_new_tokens``
     (:func:`respond`; chapter 6)."""
     return sum(respond(model, tokenizer, prompts, max_new_tokens)[1]) / len(prompts)
+
+
+def few_shot_prompt(shots: Sequence[tuple[str, str]], question: str) -> str:
+    """``question`` after ``shots`` worked examples, in plain text, no chat template::
+
+        Question: What kind of thing is a groom?
+        Answer: participant
+
+        Question: What kind of thing is a beagle?
+        Answer:
+
+    The prompting baseline a base model gets before anyone fine-tunes it (chapter 6)."""
+    worked = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in shots)
+    return f"{worked}Question: {question}\nAnswer:"
+
+
+def few_shot_answers(
+    model: nn.Module,
+    tokenizer,
+    items: Sequence,
+    pool: Sequence,
+    k: int,
+    seed: int = 0,
+    max_new_tokens: int = 12,
+) -> list[str]:
+    """Greedy answers of a base model to ``items``, each asked after ``k`` worked examples of
+    its own task drawn from ``pool`` (items with ``.task``, ``.prompt``, ``.answer``: the
+    training split), in plain text (:func:`few_shot_prompt`). An answer is the first line of
+    the continuation. ``seed`` draws the examples (each item its own draw), so seeds give a
+    spread over which examples a prompt shows. ``k=0`` asks the bare question in the same
+    format. Chapter 6's baseline for "SFT unlocks what the model knew"."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, not {k}")
+    by_task: dict[str, list[tuple[str, str]]] = {}
+    for p in pool:
+        by_task.setdefault(p.task, []).append((p.prompt, p.answer))
+    prompts = []
+    for index, item in enumerate(items):
+        examples = by_task.get(item.task, [])
+        if len(examples) < k:
+            raise ValueError(f"{len(examples)} examples of {item.task!r} in the pool, need {k}")
+        shots = random.Random(f"{seed}:{index}").sample(examples, k)
+        prompts.append(few_shot_prompt(shots, item.prompt))
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max(len(tokenizer(p)["input_ids"]) for p in prompts) + max_new_tokens
+    if limit is not None and longest > limit:
+        raise ValueError(
+            f"{k} examples make a prompt of up to {longest - max_new_tokens} tokens; with "
+            f"{max_new_tokens} new tokens that exceeds the model's {limit} positions: use fewer"
+        )
+    stops = stop_token_ids(tokenizer) + newline_token_ids(tokenizer)  # an answer is one line
+    rows = _new_tokens(model, tokenizer, prompts, False, max_new_tokens, seed, 64, stops=stops)
+    return [tokenizer.decode(r, skip_special_tokens=True).split("\n")[0].strip() for r in rows]
 
 
 def sample(

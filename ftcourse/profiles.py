@@ -540,6 +540,9 @@ _INSTRUCT = {
         "real_per_task": 1,
         "real_max_new_tokens": 16,
         "lima_share": 0.25,
+        # the prompting baseline: worked examples of the same task in plain text (the longest
+        # prompts of 4 examples take about 140 of tiny-lm's 256 positions)
+        "few_shot_k": 4,
     },
     "cpu": {
         "model": "tiny-lm",
@@ -576,6 +579,7 @@ _INSTRUCT = {
         "real_per_task": 2,
         "real_max_new_tokens": 40,
         "lima_share": 0.25,
+        "few_shot_k": 4,
     },
     "gpu": {
         # Not run yet on a GPU (no device was lent when chapter 6 was written): sized, not
@@ -601,6 +605,7 @@ _INSTRUCT = {
         "real_per_task": 20,
         "real_max_new_tokens": 48,
         "lima_share": 0.25,
+        "few_shot_k": 4,
     },
 }
 _INSTRUCT_COMMON = {

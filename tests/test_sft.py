@@ -161,6 +161,59 @@ def test_respond_counts_only_the_chat_end_token(tiny):
     assert lm.stopped(base, tok, prompts, 24) == sum(ended) / len(ended)
 
 
+def test_few_shot_prompt_shows_worked_examples_then_the_question():
+    shots = PAIRS[:2]
+    prompt = lm.few_shot_prompt(shots, "What number comes after 7?")
+    assert prompt == (
+        "Question: What kind of thing is a dog?\nAnswer: animal\n\n"
+        "Question: Say the word night three times.\nAnswer: night night night\n\n"
+        "Question: What number comes after 7?\nAnswer:"
+    )
+    assert lm.few_shot_prompt([], "Q?") == "Question: Q?\nAnswer:"
+
+
+def test_few_shot_answers_draw_same_task_examples_and_cut_at_the_line(tiny, monkeypatch):
+    base, tok = tiny
+    items = text.instruction_items("test", per_task=2)
+    pool = text.instruction_items("train")
+    seen = []
+
+    def fake(model, tokenizer, prompts, chat, max_new_tokens, seed, batch_size, stops):
+        seen.extend(prompts)
+        assert not chat and set(lm.newline_token_ids(tokenizer)) <= set(stops)
+        return [tokenizer(" forty two\nQuestion: more")["input_ids"] for _ in prompts]
+
+    monkeypatch.setattr(lm, "_new_tokens", fake)
+    answers = lm.few_shot_answers(base, tok, items, pool, k=3, seed=1)
+    assert answers == ["forty two"] * len(items)
+    by_prompt = {(p.prompt, p.answer): p.task for p in pool}
+    for item, prompt in zip(items, seen, strict=True):
+        blocks = prompt.split("\n\n")
+        assert len(blocks) == 4 and blocks[-1] == f"Question: {item.prompt}\nAnswer:"
+        for block in blocks[:3]:  # the examples are the training items of the item's task
+            q, a = block.removeprefix("Question: ").split("\nAnswer: ")
+            assert by_prompt[(q, a)] == item.task
+    again = []
+    monkeypatch.setattr(
+        lm, "_new_tokens", lambda m, t, p, *a, **k: again.extend(p) or [[]] * len(p)
+    )
+    lm.few_shot_answers(base, tok, items, pool, k=3, seed=1)
+    assert again == seen  # a seed draws the same examples again
+    with pytest.raises(ValueError, match="k must be"):
+        lm.few_shot_answers(base, tok, items, pool, k=-1)
+    with pytest.raises(ValueError, match="positions"):  # 40 examples overflow 256 positions
+        lm.few_shot_answers(base, tok, items, pool, k=40)
+
+
+def test_cloze_for_asks_a_fact_question_in_the_pretraining_words():
+    hypernym = next(i for i in text.instruction_items("test") if i.task == "hypernym")
+    assert text.cloze_for(hypernym).endswith(f"{hypernym.word} is a kind of")
+    assert hypernym.word in hypernym.prompt
+    skill = next(i for i in text.instruction_items("test") if i.task == "count")
+    with pytest.raises(ValueError, match="not a question about a word"):
+        text.cloze_for(skill)
+
+
 def test_instruction_items_are_fixed_subsets_without_leaks():
     train = text.instruction_items("train")
     test = text.instruction_items("test")

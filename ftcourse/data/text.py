@@ -423,6 +423,15 @@ def cloze_prompt(fact: Fact, relation: str) -> str:
     return CLOZE[relation].format(w=w, A=article(w).capitalize())
 
 
+def cloze_for(item: Instruction) -> str:
+    """The cloze probe of a fact question: its relation's pretraining phrasing for the same
+    word, cut before the answer ("What kind of thing is a beagle?" -> "A beagle is a kind of").
+    Chapter 6 sets it beside SFT."""
+    if item.word is None or item.task not in CLOZE:
+        raise ValueError(f"{item.prompt!r} is not a question about a word's fact")
+    return CLOZE[item.task].format(w=item.word, A=article(item.word).capitalize())
+
+
 def first_word(text: str) -> str:
     """The first word of a generated answer, lower case, without punctuation ("" if none)."""
     found = re.findall(r"[a-z]+", text.lower())
@@ -544,6 +553,7 @@ class Instruction:
     answer: str
     split: str
     known: bool | None = None  # fact tasks: is the fact in the pretraining text?
+    word: str | None = None  # fact tasks: the word asked about (for the cloze probe)
 
 
 FACT_QUESTIONS = {
@@ -568,7 +578,8 @@ def fact_questions(relation: str, seed: int = 0) -> list[Instruction]:
         if answer is None:
             continue
         prompt = FACT_QUESTIONS[relation].format(a=article(f.word), w=f.word)
-        out.append(Instruction(relation, prompt, answer, split_of.get(f.split, "test"), f.known))
+        split = split_of.get(f.split, "test")
+        out.append(Instruction(relation, prompt, answer, split, f.known, f.word))
     return out
 
 
