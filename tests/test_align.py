@@ -183,6 +183,25 @@ def test_ppo_raises_the_reward_it_is_given(tiny):
         ppo.ppo(policy, model, rm, tok, prompts, kl_coef=-1, num_steps=1, lr=1e-3)
 
 
+def test_ppo_takes_a_function_of_the_text_as_its_reward(tiny):
+    """The oracle arm of chapter 7: the rater itself, on text, instead of a reward model."""
+    model, tok = tiny
+    prompts = ["What number comes after 41?", "Say the word night three times."]
+    seen = []
+
+    def short(ps, responses):
+        seen.append((list(ps), list(responses)))
+        return [-float(len(r)) for r in responses]
+
+    roll = ppo.rollout(model, model, short, tok, prompts, group_size=2, max_new_tokens=6, seed=1)
+    assert seen == [(roll.prompts, roll.responses)]
+    assert roll.scores.tolist() == [-float(len(r)) for r in roll.responses]
+    policy = copy.deepcopy(model)
+    history = ppo.ppo(policy, model, short, tok, prompts * 4, kl_coef=0.1, num_steps=2,
+                      lr=1e-3, prompts_per_step=2, group_size=2, max_new_tokens=6)  # fmt: skip
+    assert len(history.steps) == 2 and all(math.isfinite(r["reward"]) for r in history.steps)
+
+
 # --------------------------------------------------------------------------- DPO
 
 

@@ -4,7 +4,8 @@ One step of RLHF's last stage (Ouyang et al. 2022; PPO: Schulman et al. 2017):
 
 1. **Roll out**: sample ``group_size`` responses to each of a batch of prompts from the
    policy (temperature 1, no top-k: the log-probabilities below are those of the sampling).
-2. **Score**: the reward model scores each response; the per-token KL to the frozen
+2. **Score**: the reward model scores each response (or any function of the text: chapter 7's
+   positive control passes the true rater itself); the per-token KL to the frozen
    reference (the SFT model), ``log pi(y_t) - log pi_ref(y_t)`` on the sampled tokens, is
    summed over the response and subtracted, times ``kl_coef``: the reward the policy maximises
    is ``r(x, y) - kl_coef * KL(pi || pi_ref)``.
@@ -32,6 +33,10 @@ from .. import lm
 from ..precision import autocast
 from ..train import show_progress
 from .reward import RewardModel
+
+Reward = RewardModel | Callable[[list[str], list[str]], list[float]]
+"""What scores a response, either a reward model or a function ``f(prompts, responses)`` of the
+text that returns one score per response (the rater itself, in chapter 7's positive control)."""
 
 
 def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -93,7 +98,7 @@ class Rollout:
 def rollout(
     policy: nn.Module,
     reference: nn.Module,
-    reward_model: RewardModel,
+    reward_model: Reward,
     tokenizer,
     prompts: Sequence[str],
     *,
@@ -125,10 +130,13 @@ def rollout(
     policy.eval()
     logprobs = lm.token_logprobs(policy, ids, attention).cpu() * mask
     ref_logprobs = lm.token_logprobs(reference, ids, attention).cpu() * mask
-    device = next(reward_model.parameters()).device
-    reward_model.eval()
-    with autocast(device):
-        scores = reward_model(ids.to(device), attention.to(device)).float().cpu()
+    if isinstance(reward_model, nn.Module):
+        device = next(reward_model.parameters()).device
+        reward_model.eval()
+        with autocast(device):
+            scores = reward_model(ids.to(device), attention.to(device)).float().cpu()
+    else:  # a function of the text (the rater: an oracle reward)
+        scores = torch.tensor(reward_model(repeated, responses), dtype=torch.float32)
     return Rollout(repeated, responses, ids, attention, mask, logprobs, ref_logprobs, scores)
 
 
@@ -150,7 +158,7 @@ class History:
 def ppo(
     policy: nn.Module,
     reference: nn.Module,
-    reward_model: RewardModel,
+    reward_model: Reward,
     tokenizer,
     prompts: Sequence[str],
     *,
@@ -174,7 +182,8 @@ def ppo(
     Each step draws ``prompts_per_step`` prompts (shuffled with ``seed``), rolls out
     ``group_size`` responses each (:func:`rollout`), turns ``score - kl_coef * KL`` into group
     advantages (:func:`group_advantages`) and takes ``epochs`` AdamW steps at ``lr`` on
-    :func:`clipped_objective`. ``rater(prompts, responses)`` adds the true score of the
+    :func:`clipped_objective`. ``reward_model`` may be a function of the text instead
+    (:data:`Reward`). ``rater(prompts, responses)`` adds the true score of the
     samples to the log (it never reaches the policy); ``evaluate(policy)`` runs every
     ``eval_every`` steps and at the start and the end. ``reference`` and ``reward_model`` are
     not changed. Returns a :class:`History`. Chapter 7.
