@@ -203,10 +203,15 @@ def fit_self_training(
     balance: bool = True,
     score_set: Dataset | None = None,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = weak,
+    label_share: float | None = None,
     **fit_kwargs: Any,
 ) -> Curve:
     """Pseudo-labelling: fine-tune on the labels, then ``rounds`` times label the pool and
     fine-tune again, from the same start, on the labels plus the confident pseudo-labels.
+
+    ``label_share`` up-weights the real labels: each round repeats them so that they make
+    about that share of its training data (``None``: once each, however many pseudo-labels
+    join them).
 
     Called like :func:`ftcourse.train.fit_steps` (``lr``, ``max_steps``, ``val_set``... go to
     every round's ``fit_steps``; each round's length is chosen on validation), so
@@ -219,22 +224,27 @@ def fit_self_training(
     Returns:
         the last round's :class:`~ftcourse.train.Curve`; its ``extra["rounds"]`` lists, per
         round (0 is labels only), ``val_acc``, ``score`` (or ``None``), ``best_step``,
-        ``seconds``, ``train_size``, and ``coverage``, ``precision`` and ``class_counts`` of the
-        pseudo-labels it trained on. Taught in chapter 8.
+        ``seconds``, ``train_size``, ``label_repeats``, and ``coverage``, ``precision`` and
+        ``class_counts`` of the pseudo-labels it trained on. Taught in chapter 8.
     """
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, not {rounds}")
+    if label_share is not None and not 0 < label_share < 1:
+        raise ValueError(f"label_share must be between 0 and 1, not {label_share}")
     images, truth = unlabelled.tensors
     device = fit_kwargs.get("device", "cpu")
     progress = fit_kwargs.pop("progress", False)
     start = copy.deepcopy(model.state_dict())
     history: list[dict[str, Any]] = []
-    data, chosen = train_set, None
+    data, chosen, repeats = train_set, None, 1
     for r in range(rounds + 1):
         if r:
             chosen = pseudo_label(model, images, threshold, device, balance)
             pseudo = TensorDataset(images[chosen.index], chosen.label)
-            data = ConcatDataset([train_set, pseudo]) if len(pseudo) else train_set
+            if label_share is not None:  # labels : pseudo-labels = share : 1 - share
+                wanted = label_share / (1 - label_share) * len(pseudo) / len(train_set)
+                repeats = max(1, round(wanted))
+            data = ConcatDataset([train_set] * repeats + [pseudo]) if len(pseudo) else train_set
             model.load_state_dict(start)
         label = f"{progress} round {r}" if isinstance(progress, str) else progress
         curve = fit_steps(
@@ -248,6 +258,7 @@ def fit_self_training(
                 "best_step": curve.best_step,
                 "seconds": curve.best_seconds,
                 "train_size": len(data),
+                "label_repeats": repeats if r else 1,
                 "coverage": chosen.coverage if chosen else 0.0,
                 "precision": chosen.precision(truth) if chosen else float("nan"),
                 "class_counts": chosen.class_counts if chosen else [],

@@ -128,6 +128,21 @@ def test_self_training_never_reads_the_pools_labels():
         assert 0 <= ra["score"] <= 1
 
 
+def test_self_training_up_weights_the_real_labels_to_the_share_asked():
+    labelled, val, pool = _toy_data(6, 0), _toy_data(9, 2), _toy_data(60, 1)
+    common = dict(unlabelled=pool, rounds=1, threshold=0.0, balance=False, lr=0.05,
+                  max_steps=4, val_set=val, eval_every=2, batch_size=8, progress=False)  # fmt: skip
+    curve = semi.fit_self_training(_tiny_model(), labelled, label_share=0.5, **common)
+    r1 = curve.extra["rounds"][1]
+    assert r1["coverage"] == 1.0  # threshold 0: all 60 pseudo-labelled
+    assert r1["label_repeats"] == 10 and r1["train_size"] == 10 * 6 + 60  # half are labels
+    plain = semi.fit_self_training(_tiny_model(), labelled, **common).extra["rounds"][1]
+    assert plain["label_repeats"] == 1 and plain["train_size"] == 66
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="label_share"):
+            semi.fit_self_training(_tiny_model(), labelled, label_share=bad, **common)
+
+
 def test_fit_steps_adds_the_extra_loss_and_augments_every_batch():
     data = _toy_data(12, 0)
     calls = {"augment": 0, "extra": 0}

@@ -18,6 +18,7 @@ STUDIES = {
     "03": "partial",
     "04": "additive",
     "05": "lora",
+    "06": "instruct",
     "smollm2": "smollm2",  # chapters 4 and 5 on SmolLM2-135M
     "widths": "widths",  # chapters 4 and 5 on tiny-lm at other widths
 }
