@@ -462,6 +462,21 @@ def shuffled_batches(
         yield step, [order.pop() for _ in range(min(batch_size, len(order)))]
 
 
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``model``'s weights and buffers."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def _ema_update(average: dict[str, torch.Tensor], model: nn.Module, decay: float) -> None:
+    """``average <- decay * average + (1 - decay) * model``; counters are copied."""
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            average[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        else:
+            average[k].copy_(v)
+
+
 def _endless(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from loader
@@ -488,6 +503,7 @@ def fit_steps(
     augment: Augment | None = None,
     extra_loss: ExtraLoss | None = None,
     drop_last: bool = False,
+    ema: float | None = None,
 ) -> Curve:
     """Train for at most ``max_steps`` AdamW steps; choose the length on ``val_set``.
 
@@ -505,6 +521,9 @@ def fit_steps(
     :class:`ftcourse.semi.FixMatch`'s consistency loss on unlabelled images); both chapter 8.
     ``drop_last`` skips an epoch's last, smaller batch (a batch of one cannot train BatchNorm:
     chapter 8's pseudo-labelled sets change size every round).
+    ``ema`` (e.g. 0.999, as FixMatch) keeps an exponential moving average of the weights and
+    buffers, updated after every step; validation scores the average, and the model ends
+    with the best average (or the last one, without ``restore_best``). Chapter 8.
 
     Returns:
         the :class:`Curve` of validation checkpoints, with ``best_step`` and ``steps_run``.
@@ -519,6 +538,9 @@ def fit_steps(
     model.to(device)
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', not {schedule!r}")
+    if ema is not None and not 0 < ema < 1:
+        raise ValueError(f"ema must be between 0 and 1, not {ema}")
+    average = _state(model) if ema is not None else None
     optimizer = _optimizer(model, lr, weight_decay, param_groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_schedule(max_steps) if schedule == "cosine" else (lambda step: 1.0)
@@ -543,11 +565,17 @@ def fit_steps(
         start = time.perf_counter()
         batch_loss, right = _step(model, optimizer, loss_fn, x, y, device, augment, extra_loss)
         scheduler.step()
+        if average is not None:
+            _ema_update(average, model, ema)
         train_seconds += time.perf_counter() - start
         loss_sum, correct, seen = loss_sum + batch_loss, correct + right, seen + len(y)
         bar.update()
         if step % eval_every and step != max_steps:
             continue
+        live = None
+        if average is not None:  # score (and keep) the average, then train on from live
+            live = _state(model)
+            model.load_state_dict(average)
         acc = evaluate(model, val_set, device)
         stop = checkpoints.record(
             step,
@@ -556,11 +584,16 @@ def fit_steps(
             train_loss=loss_sum / seen,
             train_acc=correct / seen,
         )
+        if live is not None:
+            model.load_state_dict(live)
+            model.train()
         loss_sum = correct = seen = 0.0
         bar.set_postfix(val=f"{acc:.3f}", best=f"{curve.best_val_acc:.3f}@{curve.best_step}")
         if stop:
             break
     bar.close()
+    if average is not None:
+        model.load_state_dict(average)  # the last average, unless finish restores the best
     checkpoints.finish(steps_run=step)
     if math.isnan(curve.best_val_acc):
         raise RuntimeError("no validation checkpoint was taken")

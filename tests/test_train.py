@@ -173,6 +173,51 @@ def test_fit_steps_rejects_bad_input():
         fit_steps(model, _toy_task(), lr=1e-3, max_steps=2, val_set=_toy_task(), schedule="step")
 
 
+def test_fit_steps_ema_scores_and_keeps_the_moving_average_of_the_weights():
+    """Chapter 8's FixMatch option: the average of the trajectory, weights and buffers."""
+    from ftcourse.train import fit_steps
+
+    task, decay = _toy_task(32), 0.5
+
+    def run(ema, restore_best):
+        seen = []
+
+        def spy(model):  # the weights before each step, recorded at no cost to the loss
+            seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return torch.zeros(())
+
+        torch.manual_seed(0)
+        model = models.build_cnn(2)
+        curve = fit_steps(model, task, lr=1e-2, max_steps=4, val_set=task, eval_every=2,
+                          batch_size=16, generator=torch.Generator().manual_seed(0),
+                          progress=False, extra_loss=spy, ema=ema,
+                          restore_best=restore_best)  # fmt: skip
+        return model, seen, curve
+
+    live, trajectory, _ = run(None, False)
+    averaged, same, curve = run(decay, False)
+    for a, b in zip(trajectory, same, strict=True):  # the average does not steer training
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(0)
+    expected = models.build_cnn(2).state_dict()  # the average starts at the initial model
+    params = {k for k, _ in live.named_parameters()}
+    after = trajectory[1:] + [live.state_dict()]  # the spy sees a step's weights before its
+    for k_step, state in enumerate(after):  # update, and its buffers after its forward pass
+        state = {k: (v if k in params else trajectory[k_step][k]) for k, v in state.items()}
+        for k, v in state.items():
+            if v.is_floating_point():
+                expected[k] = decay * expected[k] + (1 - decay) * v
+            else:
+                expected[k] = v.clone()
+    got = averaged.state_dict()
+    assert all(torch.allclose(got[k].float(), expected[k].float(), atol=1e-6) for k in got)
+    assert evaluate(averaged, task) == pytest.approx(curve.val_acc[-1])  # scored the average
+    best, _, best_curve = run(decay, True)
+    assert evaluate(best, task) == pytest.approx(best_curve.best_val_acc)
+    with pytest.raises(ValueError, match="ema"):
+        fit_steps(models.build_cnn(2), task, lr=1e-3, max_steps=2, val_set=task, ema=1.0)
+
+
 def test_linear_probe_separates_separable_features():
     from ftcourse.train import features, linear_probe
 
