@@ -21,7 +21,10 @@ def test_the_study_is_registered_and_plans_grids_then_seeds():
         assert {(s["seed"], s["lr"]) for s in by_arm[arm]} == {
             (seed, lr) for seed in instruct.TUNING_SEEDS for lr in grid
         }
-    assert "no end token" not in by_arm  # it waits for SFT's choice
+    assert "no end token" not in by_arm and "SFT, a quarter" not in by_arm  # SFT's rate
+    rows = [dict(s, val_acc=0.5 + (s["lr"] == 3e-4) * 0.1) for s in planned if s["arm"] == "SFT"]
+    then = [s for s in instruct.plan(rows) if s["arm"] in ("no end token", "SFT, a quarter")]
+    assert {s["lr"] for s in then} == {3e-4} and len(then) == 2 * len(instruct.SEEDS)
     assert [s["seed"] for s in by_arm[f"few-shot {instruct.FEW_SHOT_K}"]] == list(instruct.SEEDS)
     assert [s["seed"] for s in by_arm["cloze"]] == [0]
 
@@ -30,6 +33,8 @@ def test_seeds_draw_different_subsets_the_same_way_every_time():
     train = text.instruction_items("train")
     a, b = instruct.subset(train, 0), instruct.subset(train, 1)
     assert len(a) == len(b) == int(instruct.SUBSET * len(train))
+    quarter = instruct.subset(train, 0, instruct.LIMA_SHARE)
+    assert len(quarter) == int(instruct.LIMA_SHARE * len(train))
     assert a == instruct.subset(train, 0) and a != b
     assert set(map(id, a)) <= set(map(id, train))
 
@@ -39,6 +44,7 @@ def small(monkeypatch):
     """The study at a tiny size: 2 steps, 6 validation items, 2 test items per group."""
     monkeypatch.setattr(instruct, "MAX_STEPS", 2)
     monkeypatch.setattr(instruct, "EVAL_EVERY", 1)
+    monkeypatch.setattr(instruct, "PPL_WINDOWS", 2)
     full = instruct.items
 
     def items(split, data_seed):
@@ -61,7 +67,7 @@ def test_one_sft_run_stores_every_column(small):
         assert len(studies.unpack(row["facts_correct"])) == len(instruct.known_facts(test))
         assert len(studies.unpack(row["unknown_correct"])) == len(instruct.unknown(test))
         assert len(studies.unpack(row["cloze_correct"])) == len(instruct.known_facts(test))
-        assert row["max_steps"] == 2 and 0 <= row["stop_rate"] <= 1
+        assert row["max_steps"] == 2 and 0 <= row["stop_rate"] <= 1 and row["ppl"] > 1
 
 
 def test_the_chat_tokens_are_drawn_by_the_seed(small, monkeypatch):

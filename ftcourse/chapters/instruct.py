@@ -17,7 +17,9 @@ learning rate is chosen on validation over ``TUNING_SEEDS`` (the no-end-token ab
 SFT's), and each run's length on its validation items inside a ``MAX_STEPS`` budget that the
 chapter's profile (120 steps, where every arm ended at its last step) did not give. Besides the
 test items, each run stores the cloze probe of the known fact words after tuning (facts kept
-or forgotten) and the share of answers that end with the chat's end token.
+or forgotten), the perplexity of held-out Shakespeare (text forgotten) and the share of answers
+that end with the chat's end token. LIMA's question is an arm too: SFT on a quarter of the
+items at SFT's rate and the same number of steps.
 
 Run it with ``ftcourse study 06``; not yet shown beside the chapter's live run.
 """
@@ -38,11 +40,15 @@ from ..data import text
 
 STUDY = "06"
 KEYS = ("arm", "seed", "lr")
-EXTRA_COLUMNS = ("trainable", "facts_correct", "unknown_correct", "cloze_correct", "stop_rate")
+EXTRA_COLUMNS = (
+    "trainable", "facts_correct", "unknown_correct", "cloze_correct", "stop_rate", "ppl",
+)  # fmt: skip
 MODEL = "tiny-lm"
 TUNING_SEEDS = (0, 1, 2)
 SEEDS = tuple(range(10))
 SUBSET = 0.8  # each seed trains on its own 80 % of the training items
+LIMA_SHARE = 0.25  # LIMA's question: a quarter of the data, the same steps and rate as SFT
+PPL_WINDOWS = 64  # held-out Shakespeare windows for the perplexity (forgetting of text)
 VAL_ITEMS = 300
 MAX_STEPS = 600  # 5x the chapter's profile; validation every EVAL_EVERY steps
 EVAL_EVERY = 50
@@ -52,7 +58,7 @@ MAX_NEW_TOKENS = 24  # as the chapter's stop_max_new_tokens
 LORA_RANK, LORA_ALPHA = 8, 16  # as the chapter's profile
 REQUIRED_REGIMES: tuple[str, ...] = ()  # not run yet
 
-SFT_ARMS = ("SFT", "loss on every token", "no end token", "random init", "LoRA")
+SFT_ARMS = ("SFT", "loss on every token", "no end token", "random init", "LoRA", "SFT, a quarter")
 BASELINES = (f"few-shot {FEW_SHOT_K}", "cloze")
 ARMS = SFT_ARMS + BASELINES
 # Centred on the chapter's choices at 120 steps (SFT 3e-4, every token 1e-3, random init 3e-3,
@@ -68,7 +74,7 @@ GRIDS = {
 def setting(arm: str) -> studies.Setting:
     """Every SFT arm has the same budget; the ablation takes SFT's rate; the baselines train
     nothing (``lr`` 0, no steps), and the cloze probe is deterministic (one seed)."""
-    if arm == "no end token":
+    if arm in ("no end token", "SFT, a quarter"):
         return studies.Setting((), MAX_STEPS, EVAL_EVERY, BATCH_SIZE, SEEDS, rate_of="SFT")
     if arm in GRIDS:
         return studies.Setting(GRIDS[arm], MAX_STEPS, EVAL_EVERY, BATCH_SIZE, SEEDS)
@@ -102,10 +108,25 @@ def items(split: str, data_seed: int) -> list[text.Instruction]:
     return text.instruction_items(split, seed=data_seed)
 
 
-def subset(train: Sequence[text.Instruction], seed: int) -> list[text.Instruction]:
-    """Seed ``seed``'s ``SUBSET`` of the training items (in their original order)."""
-    keep = sorted(random.Random(seed).sample(range(len(train)), int(SUBSET * len(train))))
+def subset(
+    train: Sequence[text.Instruction], seed: int, share: float = SUBSET
+) -> list[text.Instruction]:
+    """Seed ``seed``'s ``share`` of the training items (in their original order)."""
+    keep = sorted(random.Random(seed).sample(range(len(train)), int(share * len(train))))
     return [train[i] for i in keep]
+
+
+@functools.lru_cache(maxsize=1)
+def held_out_tokens() -> Any:
+    """Held-out Shakespeare (plays tiny-lm never trained on), encoded: the perplexity."""
+    _, tok, _ = base_model()
+    plays = text.shakespeare_works()
+    return lm.encode_corpus(tok, [plays[n] for n in text.SHAKESPEARE_HELD_OUT])
+
+
+def perplexity(model: nn.Module) -> float:
+    """Perplexity of held-out Shakespeare: how much of its text a tuned model forgot."""
+    return float(np.exp(lm.lm_loss(model, held_out_tokens(), max_windows=PPL_WINDOWS)))
 
 
 def answerable(test: Sequence[text.Instruction]) -> list[int]:
@@ -157,7 +178,8 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
     if arm in BASELINES:
         return _baseline(arm, seed, base, tok, test, facts, data_seed)
     cfg = {"lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA}
-    make, fit, _ = lm.sft_arms(cfg, base, tok)[arm]
+    make, fit, _ = lm.sft_arms(cfg, base, tok)["SFT" if arm == "SFT, a quarter" else arm]
+    share = LIMA_SHARE if arm == "SFT, a quarter" else SUBSET
 
     def make_seeded(train: Any) -> nn.Module:
         model = make(train)
@@ -165,7 +187,7 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
             lm.reinit_chat_tokens(model, tok, seed=10_000 + seed)
         return model
 
-    train = [(i.prompt, i.answer) for i in subset(items("train", data_seed), seed)]
+    train = [(i.prompt, i.answer) for i in subset(items("train", data_seed), seed, share)]
     val = [(i.prompt, i.answer) for i in items("validation", data_seed)]
     last: dict[str, Any] = {}
 
@@ -176,7 +198,7 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
         return float(np.mean(_hits(test_items, last["texts"], answerable(test_items))))
 
     def measure(model: nn.Module) -> dict[str, Any]:
-        return {"cloze": cloze_correct(model, tok, facts)}
+        return {"cloze": cloze_correct(model, tok, facts), "ppl": perplexity(model)}
 
     (trial,) = experiments.run_arm(
         arm, make_seeded, lambda s: (train, val), test, seeds=[seed], lrs=[lr],
@@ -189,6 +211,7 @@ def run_one(spec: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
         **_columns(test, last["texts"], trial.extra["cloze"]),
         "trainable": int(trial.trainable),
         "stop_rate": round(float(np.mean(last["ended"])), 4),
+        "ppl": round(trial.extra["ppl"], 3),
     }
 
 
@@ -218,6 +241,7 @@ def _baseline(
         "train_seconds": 0.0, "test_acc": round(float(np.mean(hits)), 4),
         **_columns(test, texts, cloze), "trainable": 0,
         "stop_rate": 0.0,  # plain text has no end token: an answer is cut at the line
+        "ppl": round(perplexity(base), 3),
     }  # fmt: skip
 
 
@@ -227,6 +251,7 @@ STUDY_ARMS = {
     "SFT (loss on the response and its end token)": {"arm": "SFT"},
     "loss on every token": {"arm": "loss on every token"},
     "no end token": {"arm": "no end token"},
+    f"SFT on a quarter of the data (LIMA), {MAX_STEPS} steps": {"arm": "SFT, a quarter"},
     "SFT from random init": {"arm": "random init"},
     f"LoRA-SFT, rank {LORA_RANK}, every linear layer": {"arm": "LoRA"},
 }
