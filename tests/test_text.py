@@ -78,6 +78,25 @@ def test_pretraining_text_states_known_facts_only():
     assert not any(g in everything for g in test_glosses[::5])
 
 
+def test_fact_paragraphs_are_the_corpus_facts_spread_at_random():
+    table = [
+        text.Fact("beagle", "noun", "known-train", "animal", "hound"),
+        text.Fact("hot", "adj", "known-test", antonym="cold"),
+        text.Fact("kiwi", "noun", "unknown", "animal", "fruit"),
+    ]
+    paragraphs = text.fact_paragraphs(table, seed=1, repeats=3)
+    pairs = [pair for p in paragraphs for pair in p]
+    assert all(len(p) == 4 for p in paragraphs[:-1]) and 0 < len(paragraphs[-1]) <= 4
+    known = [(f.word, s) for f in table[:2] for s in text.fact_sentences(f)]
+    assert sorted(pairs) == sorted(known * 3)  # every phrasing of the known words, 3 times
+    assert paragraphs == text.fact_paragraphs(table, seed=1, repeats=3)
+    assert paragraphs != text.fact_paragraphs(table, seed=2, repeats=3)
+    spread = text.fact_spread()
+    assert spread["paragraphs"] == len(text.lm_corpus().train["facts"])
+    # each word is stated in dozens of paragraphs, rarely twice in the same one
+    assert spread["contexts_per_word"] > 40 and spread["shared_paragraphs"] < 0.05
+
+
 def test_instruction_tasks_have_checkable_held_out_answers():
     items = text.instruction_tasks()
     for task in ("count", "first", "repeat", "next"):

@@ -27,6 +27,7 @@ import pickle
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -494,10 +495,7 @@ def lm_corpus(seed: int = 0, repeats: int = FACT_REPEATS) -> LMCorpus:
     """
     shakespeare, austen = shakespeare_works(), load_austen()
     table = facts(seed)  # parsing WordNet takes seconds: held_out_prose() when prose will do
-    rng = random.Random(seed)
-    sentences = [s for f in table if f.known for s in fact_sentences(f)] * repeats
-    rng.shuffle(sentences)
-    fact_docs = [" ".join(sentences[i : i + 4]) for i in range(0, len(sentences), 4)]
+    fact_docs = [" ".join(s for _, s in p) for p in fact_paragraphs(table, seed, repeats)]
     unknown = [" ".join(fact_sentences(f)) for f in table if not f.known]
     return LMCorpus(
         train={
@@ -507,6 +505,42 @@ def lm_corpus(seed: int = 0, repeats: int = FACT_REPEATS) -> LMCorpus:
         },
         held_out={**held_out_prose(), "facts": unknown},
     )
+
+
+def fact_paragraphs(
+    table: Sequence[Fact], seed: int = 0, repeats: int = FACT_REPEATS
+) -> list[list[tuple[str, str]]]:
+    """The known facts as the pretraining text states them: every phrasing of every known
+    word ``repeats`` times, shuffled with ``seed``, in paragraphs of four ``(word, sentence)``
+    pairs (:func:`lm_corpus` joins each paragraph into one document)."""
+    sentences = [(f.word, s) for f in table if f.known for s in fact_sentences(f)] * repeats
+    random.Random(seed).shuffle(sentences)
+    return [sentences[i : i + 4] for i in range(0, len(sentences), 4)]
+
+
+def fact_spread(seed: int = 0, repeats: int = FACT_REPEATS) -> dict[str, float]:
+    """How the pretraining text spreads each known word's statements: ``paragraphs`` (fact
+    documents), ``contexts_per_word`` (the distinct paragraphs a word's statements appear in,
+    on average), ``shared_paragraphs`` (the share of paragraphs holding two statements about
+    one word) and ``words_sharing`` (the share of words that ever share one). Appendix A1:
+    facts stated in many phrasings and in random company are what a model can later be asked
+    about (Allen-Zhu and Li's knowledge augmentation)."""
+    paragraphs = fact_paragraphs(facts(seed), seed, repeats)
+    contexts: dict[str, int] = {}
+    shared, sharing = 0, set()
+    for p in paragraphs:
+        counts = Counter(w for w, _ in p)
+        for w in counts:
+            contexts[w] = contexts.get(w, 0) + 1
+        twice = {w for w, n in counts.items() if n > 1}
+        shared += bool(twice)
+        sharing |= twice
+    return {
+        "paragraphs": len(paragraphs),
+        "contexts_per_word": sum(contexts.values()) / len(contexts),
+        "shared_paragraphs": shared / len(paragraphs),
+        "words_sharing": len(sharing) / len(contexts),
+    }
 
 
 def held_out_prose() -> dict[str, list[str]]:
