@@ -452,13 +452,13 @@ def generate(
     return out
 
 
-@torch.no_grad()
 def newline_token_ids(tokenizer) -> list[int]:
     """The ids of every token that holds a line break (byte-level BPE writes it ``Ċ``)."""
     vocab = tokenizer.get_vocab()
     return sorted(i for t, i in vocab.items() if "\n" in tokenizer.convert_tokens_to_string([t]))
 
 
+@torch.no_grad()
 def _new_tokens(
     model, tokenizer, prompts, chat, max_new_tokens, seed, batch_size, stops=None, **sampling
 ):

@@ -227,10 +227,11 @@ def _baseline(
     """The base model asked without training: ``few-shot k`` (plain text, seed-drawn worked
     examples) or ``cloze`` (the facts in their pretraining phrasing; a skill has no cloze
     form and counts as wrong in ``test_correct``)."""
-    cloze = cloze_correct(base, tok, facts)
+    unknown_facts = [test[n] for n in unknown(test)]  # every unknown item is a fact question
+    probe = cloze_correct(base, tok, [*facts, *unknown_facts])
+    cloze = probe[: len(facts)]
     if arm == "cloze":
-        probed = [test[n] for n in known_facts(test) + unknown(test)]
-        right = dict(zip((i.prompt for i in probed), cloze_correct(base, tok, probed), strict=True))
+        right = {i.prompt: hit for i, hit in zip([*facts, *unknown_facts], probe, strict=True)}
         texts = [i.answer if right.get(i.prompt) else "" for i in test]  # what the probe got
     else:
         k = int(arm.split()[-1])
