@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,10 +161,7 @@ class Checkpoints:
         if not score <= curve.best_val_acc:  # also true for the first checkpoint (nan)
             curve.best_step, curve.best_val_acc = step, score
             if self.restore_best:
-                self._best_state = {
-                    k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-                    for k, v in self.model.state_dict().items()
-                }
+                self._best_state = _state(self.model)
         return self.patience is not None and step - curve.best_step >= self.patience
 
     def finish(self, steps_run: int) -> Curve:
@@ -172,6 +170,14 @@ class Checkpoints:
         if self._best_state is not None:
             self.model.load_state_dict(self._best_state)
         return self.curve
+
+
+def _state(model: nn.Module) -> dict[str, Any]:
+    """A detached copy of ``model``'s weights and buffers (what a checkpoint keeps)."""
+    return {
+        k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+        for k, v in model.state_dict().items()
+    }
 
 
 def _batches(data: Dataset | DataLoader, batch_size: int = 512) -> DataLoader:
@@ -462,19 +468,14 @@ def shuffled_batches(
         yield step, [order.pop() for _ in range(min(batch_size, len(order)))]
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached copy of ``model``'s weights and buffers."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 @torch.no_grad()
-def _ema_update(average: dict[str, torch.Tensor], model: nn.Module, decay: float) -> None:
+def _ema_update(average: dict[str, Any], model: nn.Module, decay: float) -> None:
     """``average <- decay * average + (1 - decay) * model``; counters are copied."""
     for k, v in model.state_dict().items():
-        if v.is_floating_point():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
             average[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
         else:
-            average[k].copy_(v)
+            average[k] = v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
 
 
 def _endless(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
