@@ -469,6 +469,14 @@ def shuffled_batches(
 
 
 @torch.no_grad()
+def ema_decay(ema: float, step: int) -> float:
+    """The moving average's decay after ``step`` steps: ``ema``, warmed up as
+    ``(1 + step) / (10 + step)`` while that is smaller (TensorFlow's
+    ``ExponentialMovingAverage(num_updates=...)``), so that a short run's average is not
+    mostly its starting point (``0.99 ** 50`` would leave 60 % of it). Chapter 8."""
+    return min(ema, (1 + step) / (10 + step))
+
+
 def _ema_update(average: dict[str, Any], model: nn.Module, decay: float) -> None:
     """``average <- decay * average + (1 - decay) * model``; counters are copied."""
     for k, v in model.state_dict().items():
@@ -523,8 +531,9 @@ def fit_steps(
     ``drop_last`` skips an epoch's last, smaller batch (a batch of one cannot train BatchNorm:
     chapter 8's pseudo-labelled sets change size every round).
     ``ema`` (e.g. 0.999, as FixMatch) keeps an exponential moving average of the weights and
-    buffers, updated after every step; validation scores the average, and the model ends
-    with the best average (or the last one, without ``restore_best``). Chapter 8.
+    buffers, updated after every step with a warmed-up decay (:func:`ema_decay`); validation
+    scores the average, and the model ends with the best average (or the last one, without
+    ``restore_best``). Chapter 8.
 
     Returns:
         the :class:`Curve` of validation checkpoints, with ``best_step`` and ``steps_run``.
@@ -567,7 +576,7 @@ def fit_steps(
         batch_loss, right = _step(model, optimizer, loss_fn, x, y, device, augment, extra_loss)
         scheduler.step()
         if average is not None:
-            _ema_update(average, model, ema)
+            _ema_update(average, model, ema_decay(ema, step))
         train_seconds += time.perf_counter() - start
         loss_sum, correct, seen = loss_sum + batch_loss, correct + right, seen + len(y)
         bar.update()

@@ -177,7 +177,7 @@ def test_fit_steps_ema_scores_and_keeps_the_moving_average_of_the_weights():
     """Chapter 8's FixMatch option: the average of the trajectory, weights and buffers."""
     from ftcourse.train import fit_steps
 
-    task, decay = _toy_task(32), 0.5
+    task, decay = _toy_task(32), 0.3  # the warm-up's decay passes 0.3 at the third step
 
     def run(ema, restore_best):
         seen = []
@@ -204,9 +204,10 @@ def test_fit_steps_ema_scores_and_keeps_the_moving_average_of_the_weights():
     after = trajectory[1:] + [live.state_dict()]  # the spy sees a step's weights before its
     for k_step, state in enumerate(after):  # update, and its buffers after its forward pass
         state = {k: (v if k in params else trajectory[k_step][k]) for k, v in state.items()}
+        d = min(decay, (2 + k_step) / (11 + k_step))  # warmed up: 2/11, 3/12, 4/13, 5/14
         for k, v in state.items():
             if v.is_floating_point():
-                expected[k] = decay * expected[k] + (1 - decay) * v
+                expected[k] = d * expected[k] + (1 - d) * v
             else:
                 expected[k] = v.clone()
     got = averaged.state_dict()
@@ -216,6 +217,15 @@ def test_fit_steps_ema_scores_and_keeps_the_moving_average_of_the_weights():
     assert evaluate(best, task) == pytest.approx(best_curve.best_val_acc)
     with pytest.raises(ValueError, match="ema"):
         fit_steps(models.build_cnn(2), task, lr=1e-3, max_steps=2, val_set=task, ema=1.0)
+
+
+def test_ema_decay_warms_up_to_its_value():
+    from ftcourse.train import ema_decay
+
+    assert ema_decay(0.99, 1) == pytest.approx(2 / 11)
+    assert ema_decay(0.99, 50) == pytest.approx(51 / 60)  # a short run keeps little of its start
+    assert ema_decay(0.99, 10_000) == 0.99
+    assert ema_decay(0.3, 2) == pytest.approx(0.25) and ema_decay(0.3, 3) == 0.3
 
 
 def test_linear_probe_separates_separable_features():

@@ -19,6 +19,7 @@ STUDIES = {
     "04": "additive",
     "05": "lora",
     "06": "instruct",
+    "08": "semi",
     "smollm2": "smollm2",  # chapters 4 and 5 on SmolLM2-135M
     "widths": "widths",  # chapters 4 and 5 on tiny-lm at other widths
 }
