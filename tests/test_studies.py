@@ -349,7 +349,8 @@ def test_every_tuned_arm_chose_inside_its_grid_and_rarely_hit_its_budget(chapter
             if setting.max_steps and (len(setting.lrs) > 1 or setting.rate_of):
                 # an arm the module declares budget-bound must be (the text says so), and
                 # every other arm must not be
-                bound = where.get("arm") in getattr(module, "BUDGET_BOUND", ())
+                bounds = getattr(module, "BUDGET_BOUND", {}).get(regime, ())
+                bound = where.get("arm") in bounds
                 assert (chosen.hit_budget_rate > 0.5) == bound, (regime, where)
         for where in getattr(module, "SWEEPS", []):  # a sweep of fixed rates: its choice
             chosen = study.arm(regime, module.TUNING_SEEDS, **where)

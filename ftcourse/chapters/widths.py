@@ -37,7 +37,7 @@ MODELS = tuple(f"tiny-lm-w{w}" for w in WIDTHS)
 TUNING_SEEDS = (0,)
 SEEDS = (0, 1, 2, 3, 4)
 REQUIRED_REGIMES = ("native",)  # run on an AMD Zen 4 (native bf16); fp32: still to run
-BUDGET_BOUND: tuple[str, ...] = ()
+BUDGET_BOUND: dict[str, tuple[str, ...]] = {}  # per regime: none
 CLAIMS: list[studies.Claim] = []  # the trend is read by chapters 4-5 (smollm2.trend)
 
 # The arms of the size trend (chapter 4's families and chapter 5's rank curve).
