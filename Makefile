@@ -34,7 +34,7 @@ help:
 	@echo "make run NB=notebooks/00_quickstart.ipynb PROFILE=cpu   execute one notebook"
 	@echo "make doctor  check versions, CPU and bf16, a speed probe, datasets and zoo models"
 	@echo "make bench   time the notebooks (smoke, cpu), fit vs bare loop vs HF Trainer, LM throughput, SmolLM2"
-	@echo "make studies run or resume the chapters' reference studies (hours; STUDIES="00 01 02 03 04 05", REGIMES="native fp32" or "fp32 avx2")"
+	@echo "make studies run or resume the chapters' reference studies (hours; STUDIES="00 01 02 03 04 05 08 smollm2 widths", REGIMES="native fp32" or "fp32 avx2")"
 	@echo "make select-lr  re-choose the learning rates of chapters 4, 5, 6, 8 and A1 on validation (benchmarks/select_lr.py)"
 
 $(PY):
@@ -113,7 +113,7 @@ bench-distributed: setup
 # `make studies` goes on where it stopped. Each regime runs in its own process.
 # The two regimes that differ on this CPU: native bf16 and fp32 where bf16 is native; else
 # fp32 (AVX-512 or AVX2 kernels, whichever the CPU has) and the AVX2 imitation.
-STUDIES ?= 00 01 02 03 04 05 smollm2 widths
+STUDIES ?= 00 01 02 03 04 05 08 smollm2 widths
 WIDTHS ?= 64
 REGIMES ?= $(shell $(PY) -c "from ftcourse import precision; print('native fp32' if precision.native_bf16('cpu') else 'fp32 avx2')" 2>/dev/null || echo fp32)
 studies: setup

@@ -25,6 +25,7 @@ from ftcourse.chapters import (
     partial,
     pretraining,
     quickstart,
+    semi,
     smollm2,
     widths,
 )
@@ -38,6 +39,7 @@ CHAPTERS = {
     "03": partial,
     "04": additive,
     "05": lora,
+    "08": semi,
     "smollm2": smollm2,
     "widths": widths,
 }
