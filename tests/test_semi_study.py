@@ -76,3 +76,17 @@ def test_one_run_of_each_arm_stores_its_columns(small, monkeypatch):
     assert other["test_correct"] != out["supervised"]["test_correct"]
     again = study.run_one({**spec, "arm": "supervised", "seed": 0})
     assert again["test_correct"] == out["supervised"]["test_correct"]
+
+
+def test_the_study_figure_has_a_panel_per_configuration_and_readable_text():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ftcourse import plots
+
+    stored = studies.load(study.STUDY)
+    fig = study.study_figure(stored, study.REQUIRED_REGIMES[0])
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == [f"{c} configuration" for c in study.CONFIGS]
+    assert all(len(ax.lines) or len(ax.collections) for ax in panels)
+    assert plots.smallest_font_px(fig) >= 11

@@ -166,6 +166,36 @@ def gains_table(study: studies.Study, regime: str) -> str:
     return "\n".join(lines)
 
 
+def study_figure(study: studies.Study, regime: str) -> Any:
+    """Every arm's test accuracy with its 95 % interval, one panel per configuration, one
+    row per number of labels (chapter 8's figure of the study)."""
+    import matplotlib.pyplot as plt
+
+    from .. import plots
+
+    fig, axes = plt.subplots(1, len(CONFIGS), figsize=(9, 4), sharex=True)
+    for ax, config in zip(axes, CONFIGS, strict=True):
+        values = {
+            f"{labels} labels per class": {
+                arm: studies.accuracy_interval(
+                    study.arm(
+                        regime, TUNING_SEEDS, config=config, arm=arm, labels_per_class=labels
+                    ).correct
+                )
+                for arm in ARMS
+            }
+            for labels in LABELS
+        }
+        plots.intervals(values, ax=ax, title=f"{config} configuration")
+    handles, names = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        ax.get_legend().remove()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
+    fig.suptitle(f"The reference study ({regime}): 95 % intervals")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
 STUDY_ARMS = {
     f"{arm}, {config}, {labels} labels per class": {
         "config": config, "arm": arm, "labels_per_class": labels,
