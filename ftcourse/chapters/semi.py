@@ -8,7 +8,7 @@ of 32 and 48 unlabelled images per step, and the gain vanished when the batches 
 to fit four minutes. This study settles it with ``len(SEEDS)`` seeds in two configurations:
 
 - ``shipped``: the chapter's ``cpu`` profile (labelled batch 16, 32 unlabelled images per
-  step, 50 or 70 steps; tests/test_studies.py checks it against the profile);
+  step, 50 or 70 steps; tests/test_semi_study.py checks it against the profile);
 - ``longer``: a labelled batch of 32, ``LONGER.unlabelled_batch`` unlabelled images per step
   (FixMatch's paper uses 7 per labelled image) and ``LONGER.steps`` steps.
 
